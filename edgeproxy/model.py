@@ -1,0 +1,204 @@
+"""The shared vocabulary of edgeproxy: immutable values passed between the pure core and the shells.
+
+Everything that crosses a module boundary (loader -> state builder -> rule renderer / forwarder ->
+daemon / status) is one of these frozen dataclasses, so the pure core can be tested with plain
+values and two states can be compared with ``==``.  Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Mapping
+
+# EdgeMesh's label; its presence (any value, "" included) decides the service filter.
+SERVICE_PROXY_NAME_LABEL = "service.edgemesh.kubeedge.io/service-proxy-name"
+# EndpointSlices name their Service through this label.
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+DEFAULT_NAMESPACE = "default"
+DEFAULT_AFFINITY_TIMEOUT_SECONDS = 10800  # Kubernetes' default for sessionAffinity: ClientIP
+
+
+class FilterMode(str, Enum):
+    """EdgeMesh's service filter modes for the service-proxy-name label."""
+
+    FILTER_IF_LABEL_EXISTS = "FilterIfLabelExists"  # default: labelled services are skipped
+    FILTER_IF_LABEL_DOES_NOT_EXISTS = "FilterIfLabelDoesNotExists"  # only labelled are proxied
+
+
+class Protocol(str, Enum):
+    TCP = "TCP"
+    UDP = "UDP"
+    SCTP = "SCTP"  # valid in manifests, never proxied by edgeproxy
+
+
+@dataclass(frozen=True, order=True)
+class SourceRef:
+    """Where an object came from: file path and 0-based document index ("3" or "3/items/7")."""
+
+    file: str
+    document: str
+
+    def __str__(self) -> str:
+        return f"{self.file}#{self.document}"
+
+
+@dataclass(frozen=True)
+class ManifestError:
+    """One problem found in the input, addressed precisely enough for a person to fix it."""
+
+    file: str
+    document: str | None  # None when the whole file is rejected (syntax error, size cap)
+    kind: str | None
+    namespace: str | None
+    name: str | None
+    path: str  # field path such as "spec.ports[1].port"; "" for the document or file itself
+    message: str
+
+    def to_dict(self) -> dict:
+        return {
+            "file": self.file,
+            "document": self.document,
+            "kind": self.kind,
+            "namespace": self.namespace,
+            "name": self.name,
+            "path": self.path,
+            "message": self.message,
+        }
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.document is not None:
+            where += f" document {self.document}"
+        if self.kind:
+            where += f" {self.kind}"
+        if self.name:
+            where += f" {self.namespace or DEFAULT_NAMESPACE}/{self.name}"
+        field_part = f" {self.path}:" if self.path else ":"
+        return f"{where}{field_part} {self.message}"
+
+
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    """One ready backend address of a service port (target port already resolved)."""
+
+    ip: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True, order=True)
+class ServicePortKey:
+    """Identity of one proxied service port: kube-proxy's ServicePortName plus protocol."""
+
+    namespace: str
+    name: str
+    port_name: str
+    protocol: Protocol
+
+    @property
+    def comment(self) -> str:
+        """kube-proxy's rule comment: ``ns/name`` or ``ns/name:portName``."""
+        base = f"{self.namespace}/{self.name}"
+        return f"{base}:{self.port_name}" if self.port_name else base
+
+    def __str__(self) -> str:
+        return f"{self.comment}/{self.protocol.value}"
+
+
+class LoadBalancerKind(str, Enum):
+    ROUND_ROBIN = "ROUND_ROBIN"  # kube-proxy default: round robin over a shuffled list
+    RANDOM = "RANDOM"
+    CONSISTENT_HASH_SOURCE_IP = "CONSISTENT_HASH_SOURCE_IP"
+    CONSISTENT_HASH_HTTP_HEADER = "CONSISTENT_HASH_HTTP_HEADER"
+
+
+@dataclass(frozen=True)
+class LoadBalancerPolicy:
+    """EdgeMesh's per-service policy from an Istio DestinationRule (absent: ROUND_ROBIN)."""
+
+    kind: LoadBalancerKind = LoadBalancerKind.ROUND_ROBIN
+    http_header_name: str | None = None  # only for CONSISTENT_HASH_HTTP_HEADER
+    source: SourceRef | None = None
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    """One entry of the desired state: a (service, port, protocol) edgeproxy must capture."""
+
+    key: ServicePortKey
+    port: int
+    cluster_ips: tuple[str, ...]  # ClusterIP first, then the other family from clusterIPs
+    node_port: int | None = None
+    external_ips: tuple[str, ...] = ()
+    load_balancer_ips: tuple[str, ...] = ()
+    session_affinity: bool = False  # sessionAffinity: ClientIP
+    affinity_timeout: int = DEFAULT_AFFINITY_TIMEOUT_SECONDS
+    endpoints: tuple[Endpoint, ...] = ()  # sorted, deduplicated, ready only
+    lb_policy: LoadBalancerPolicy = field(default_factory=LoadBalancerPolicy)
+    source: SourceRef | None = None
+
+    @property
+    def vips(self) -> tuple[str, ...]:
+        """Every destination address captured like a ClusterIP (ClusterIPs + LB ingress IPs)."""
+        return self.cluster_ips + self.load_balancer_ips
+
+
+class Verdict(str, Enum):
+    PROXY = "proxy"
+    SKIP = "skip"
+
+
+class SkipReason(str, Enum):
+    LABEL = "label"
+    EXTERNALNAME = "externalname"
+    HEADLESS = "headless"
+    NO_CLUSTER_IP = "no-cluster-ip"
+    INVALID_CLUSTER_IP = "invalid-cluster-ip"
+    NO_PORTS = "no-ports"
+    INVALID = "invalid"  # the document failed validation
+    CONFLICT = "conflict"  # lost a deterministic conflict (see README)
+
+
+@dataclass(frozen=True)
+class ServiceVerdict:
+    """What edgeproxy decided for one Service document, for `validate`, status and metrics."""
+
+    source: SourceRef
+    namespace: str
+    name: str
+    verdict: Verdict
+    reason: SkipReason | None
+    ports: tuple[ServicePortKey, ...] = ()
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Two objects claiming the same thing; ``winner`` is kept, ``loser`` ignored and reported."""
+
+    what: str  # e.g. "service default/web defined twice" or "198.18.0.10:80/TCP claimed twice"
+    winner: SourceRef
+    loser: SourceRef
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """The complete result of loading a manifest directory: what to proxy and why not the rest."""
+
+    ports: Mapping[ServicePortKey, ServicePort]
+    services: tuple[ServiceVerdict, ...] = ()
+    errors: tuple[ManifestError, ...] = ()
+    conflicts: tuple[Conflict, ...] = ()
+    ignored_kinds: Mapping[str, int] = field(default_factory=dict)  # kind -> count
+
+
+@dataclass(frozen=True)
+class ListenAddresses:
+    """Where proxy listeners bind and where the nat rules DNAT to (one per address family)."""
+
+    ipv4: str = "169.254.96.17"
+    ipv6: str | None = "fd65:6467:6570::1"
+    interface: str = "edgeproxy0"

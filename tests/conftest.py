@@ -1,0 +1,48 @@
+"""Shared fixtures: paths to the real-world corpus and private network namespaces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.support.netns import NetNS, netns_available
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CORPUS_DIR = REPO_ROOT.parent / "shared" / "corpus" / "real"
+
+
+@pytest.fixture
+def corpus_dir() -> Path:
+    if not CORPUS_DIR.is_dir():
+        pytest.skip(f"shared corpus not found at {CORPUS_DIR}")
+    return CORPUS_DIR
+
+
+@pytest.fixture
+def netns() -> Iterator[NetNS]:
+    """A fresh network namespace (loopback up), deleted after the test."""
+    reason = netns_available()
+    if reason:
+        pytest.skip(reason)
+    with NetNS() as ns:
+        yield ns
+
+
+@pytest.fixture
+def netns_factory() -> Iterator:
+    """Create as many namespaces as a test needs; all are deleted afterwards."""
+    reason = netns_available()
+    if reason:
+        pytest.skip(reason)
+    created: list[NetNS] = []
+
+    def make(prefix: str = "ep") -> NetNS:
+        ns = NetNS(prefix).create()
+        created.append(ns)
+        return ns
+
+    yield make
+    for ns in reversed(created):
+        ns.delete()
