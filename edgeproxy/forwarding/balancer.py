@@ -1,0 +1,236 @@
+"""Endpoint selection for one service port: pure, no sockets, injectable clock and randomness.
+
+This owns *which endpoint* a new connection (or UDP session) goes to:
+
+* ``ROUND_ROBIN`` — kube-proxy userspace's ``LoadBalancerRR``: round robin over a list shuffled
+  whenever the endpoint *set* changes (an update with the same set keeps order and position);
+* ``RANDOM`` — EdgeMesh's ``simple: RANDOM``;
+* ``CONSISTENT_HASH_SOURCE_IP`` / ``CONSISTENT_HASH_HTTP_HEADER`` — EdgeMesh's ``consistentHash``
+  (``useSourceIp`` hashes the client IP only, never the port; ``httpHeaderName`` hashes the header
+  value the TCP forwarder peeked). A hash ring with virtual nodes, keyed on the endpoint string,
+  so adding or removing one endpoint moves only about 1/n of the keys and the mapping survives
+  restarts;
+* ``sessionAffinity: ClientIP`` on top of any policy (kube-proxy semantics): the client IP stays
+  on its endpoint while it keeps coming back within ``timeoutSeconds``; ``reset_affinity`` (a dial
+  to the pinned endpoint failed) picks afresh and re-pins; an endpoint update keeps the pins of
+  endpoints that still exist and drops the others.
+
+Times come from a monotonic clock: edge boxes without an RTC jump years at NTP sync, and a wall
+clock would expire (or eternalise) every affinity at once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import random
+import time
+from typing import Callable, Iterable, Sequence
+
+from edgeproxy.model import (
+    DEFAULT_AFFINITY_TIMEOUT_SECONDS,
+    Endpoint,
+    LoadBalancerKind,
+    LoadBalancerPolicy,
+)
+
+# Affinity entries are bounded: a scan from many source addresses must not grow memory forever.
+MAX_AFFINITY_ENTRIES = 65536
+# Virtual nodes per endpoint on the hash ring: enough for an even spread with a handful of
+# endpoints, capped so that a service with thousands of endpoints stays cheap to rebuild.
+RING_POINTS_PER_ENDPOINT = 128
+RING_MAX_POINTS = 65536
+
+
+class NoEndpointsError(LookupError):
+    """The service port has no ready endpoint: the client is refused."""
+
+
+def _hash64(data: bytes) -> int:
+    # blake2b is in hashlib's C core, stable across processes (unlike hash()), and fast for
+    # the short keys used here (an IP address, a header value, "ip:port#n").
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+class HashRing:
+    """A consistent-hash ring over endpoints; ``lookup(key, n)`` gives the n-th distinct endpoint
+    clockwise from the key, so a retry after a failed dial moves to a different endpoint."""
+
+    __slots__ = ("_points", "_owners", "_distinct")
+
+    def __init__(self, endpoints: Sequence[Endpoint]) -> None:
+        pairs: list[tuple[int, Endpoint]] = []
+        if endpoints:
+            per = max(8, min(RING_POINTS_PER_ENDPOINT, RING_MAX_POINTS // len(endpoints)))
+            for ep in endpoints:
+                name = str(ep).encode()
+                for i in range(per):
+                    pairs.append((_hash64(name + b"#" + str(i).encode()), ep))
+        pairs.sort(key=lambda p: (p[0], p[1]))
+        self._points = [p[0] for p in pairs]
+        self._owners = [p[1] for p in pairs]
+        self._distinct = len(set(endpoints))
+
+    def lookup(self, key: bytes, nth: int = 0) -> Endpoint:
+        if not self._points:
+            raise NoEndpointsError("no endpoints")
+        nth %= self._distinct
+        i = bisect.bisect_left(self._points, _hash64(key)) % len(self._points)
+        seen: list[Endpoint] = []
+        # Walk clockwise until the nth distinct owner; bounded by the ring size.
+        for step in range(len(self._points)):
+            owner = self._owners[(i + step) % len(self._points)]
+            if owner not in seen:
+                if len(seen) == nth:
+                    return owner
+                seen.append(owner)
+        return seen[-1]  # unreachable: nth < number of distinct owners
+
+
+class Balancer:
+    """Chooses endpoints for one service port; update it in place when the desired state changes."""
+
+    def __init__(
+        self,
+        endpoints: Iterable[Endpoint] = (),
+        policy: LoadBalancerPolicy | None = None,
+        session_affinity: bool = False,
+        affinity_timeout: float = DEFAULT_AFFINITY_TIMEOUT_SECONDS,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        max_affinity_entries: int = MAX_AFFINITY_ENTRIES,
+    ) -> None:
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._max_affinity = max_affinity_entries
+        self._endpoints: list[Endpoint] = []
+        self._index = 0
+        self._ring: HashRing | None = None
+        # client ip -> (endpoint, last used); dict order = least recently used first.
+        self._affinity: dict[str, tuple[Endpoint, float]] = {}
+        self.policy = policy or LoadBalancerPolicy()
+        self.session_affinity = session_affinity
+        self.affinity_timeout = float(affinity_timeout)
+        self.update(endpoints, self.policy, session_affinity, affinity_timeout)
+
+    # -- configuration -------------------------------------------------------------------------
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """The endpoints in round-robin order (shuffled)."""
+        return tuple(self._endpoints)
+
+    @property
+    def needs_http_header(self) -> bool:
+        return self.policy.kind is LoadBalancerKind.CONSISTENT_HASH_HTTP_HEADER and bool(
+            self.policy.http_header_name
+        )
+
+    def update(
+        self,
+        endpoints: Iterable[Endpoint],
+        policy: LoadBalancerPolicy | None = None,
+        session_affinity: bool | None = None,
+        affinity_timeout: float | None = None,
+    ) -> None:
+        """Apply a new endpoint set / policy without disturbing what did not change.
+
+        Same set as before: order, round-robin position and affinity are kept (kube-proxy
+        compares the sets too). A different set: reshuffle, restart at the first endpoint, and
+        drop only the affinity of clients whose endpoint disappeared.
+        """
+        new = list(dict.fromkeys(endpoints))  # dedupe, keep order
+        if policy is not None:
+            self.policy = policy
+        if affinity_timeout is not None:
+            self.affinity_timeout = float(affinity_timeout)
+        if session_affinity is not None:
+            if not session_affinity:
+                self._affinity.clear()
+            self.session_affinity = session_affinity
+        if set(new) != set(self._endpoints) or len(new) != len(self._endpoints):
+            alive = set(new)
+            for ip in [ip for ip, (ep, _) in self._affinity.items() if ep not in alive]:
+                del self._affinity[ip]
+            self._rng.shuffle(new)
+            self._endpoints = new
+            self._index = 0
+            self._ring = None
+        if self._ring is None and self.policy.kind in (
+            LoadBalancerKind.CONSISTENT_HASH_SOURCE_IP,
+            LoadBalancerKind.CONSISTENT_HASH_HTTP_HEADER,
+        ):
+            # Ring order must not depend on the shuffle: sort so restarts map keys identically.
+            self._ring = HashRing(sorted(self._endpoints))
+
+    # -- selection -----------------------------------------------------------------------------
+
+    def next_endpoint(
+        self,
+        client_ip: str = "",
+        reset_affinity: bool = False,
+        hash_key: bytes | None = None,
+        attempt: int = 0,
+    ) -> Endpoint:
+        """The endpoint for a new connection from ``client_ip``.
+
+        ``reset_affinity``: the previous dial for this client failed, ignore its pin (kube-proxy's
+        ``sessionAffinityReset``). ``attempt``: dial attempt number, so hash policies move to the
+        next endpoint on the ring instead of retrying the dead one. ``hash_key``: the HTTP header
+        value for the header policy (None: header absent, fall back to round robin).
+        """
+        if not self._endpoints:
+            raise NoEndpointsError("no endpoints")
+        now = self._clock()
+        if self.session_affinity and not reset_affinity:
+            pinned = self._affinity.pop(client_ip, None)
+            if pinned is not None and now - pinned[1] < self.affinity_timeout:
+                self._affinity[client_ip] = (pinned[0], now)  # re-insert: most recent last
+                return pinned[0]
+        endpoint = self._pick(client_ip, hash_key, attempt)
+        if self.session_affinity:
+            self._affinity.pop(client_ip, None)
+            self._affinity[client_ip] = (endpoint, now)
+            if len(self._affinity) > self._max_affinity:
+                self._expire(now)
+        return endpoint
+
+    def _pick(self, client_ip: str, hash_key: bytes | None, attempt: int) -> Endpoint:
+        kind = self.policy.kind
+        if kind is LoadBalancerKind.CONSISTENT_HASH_SOURCE_IP and self._ring is not None:
+            return self._ring.lookup(client_ip.encode(), attempt)
+        if (
+            kind is LoadBalancerKind.CONSISTENT_HASH_HTTP_HEADER
+            and self._ring is not None
+            and hash_key is not None
+        ):
+            return self._ring.lookup(hash_key, attempt)
+        if kind is LoadBalancerKind.RANDOM:
+            return self._rng.choice(self._endpoints)
+        if self._index >= len(self._endpoints):
+            self._index = 0
+        endpoint = self._endpoints[self._index]
+        self._index = (self._index + 1) % len(self._endpoints)
+        return endpoint
+
+    def _expire(self, now: float) -> None:
+        """Drop expired pins (oldest first), then the least recently used beyond the bound."""
+        for ip in list(self._affinity):
+            if now - self._affinity[ip][1] < self.affinity_timeout:
+                break
+            del self._affinity[ip]
+        while len(self._affinity) > self._max_affinity:
+            del self._affinity[next(iter(self._affinity))]
+
+    def expire_affinity(self) -> int:
+        """Periodic housekeeping; returns how many pins remain."""
+        self._expire(self._clock())
+        return len(self._affinity)
+
+    def affinity_of(self, client_ip: str) -> Endpoint | None:
+        """The endpoint a client is pinned to right now (for tests and status), if any."""
+        pinned = self._affinity.get(client_ip)
+        if pinned is None or self._clock() - pinned[1] >= self.affinity_timeout:
+            return None
+        return pinned[0]
