@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -124,7 +125,7 @@ class Demo:
         """Run a real command in a namespace and print it as a user would type it."""
         result = ns.run(argv, check=False, timeout=15)
         text = result.stdout + (result.stderr if result.returncode else "")
-        self.p.command(f"ip netns exec {label} {' '.join(argv)}", text)
+        self.p.command(f"ip netns exec {label} {shlex.join(argv)}", text)
         if result.returncode != 0:
             raise DemoFailure(f"`{' '.join(argv)}` exited {result.returncode}")
         return result.stdout
@@ -213,7 +214,7 @@ class Demo:
         self.daemon = tb.Daemon(self.topo.node, manifests, self.workdir,
                                 extra_args=self.daemon_args)
         self.p.say("$ ip netns exec node " + " ".join(
-            ["edgeproxy", *self.daemon.command()[3:]]))
+            ["edgeproxy", *self.daemon.command()[len(tb.edgeproxy_argv()):]]))
         self.daemon.start()
         try:
             took = self.daemon.wait_ready(timeout=30)
@@ -352,7 +353,7 @@ class Demo:
     def _status(self) -> None:
         assert self.topo is not None
         self.p.step("What the daemon reports: `edgeproxy status`")
-        self._ns_cmd(self.topo.node, [sys.executable, "-m", "edgeproxy", "status"], "node")
+        self._ns_cmd(self.topo.node, [*tb.edgeproxy_argv(), "status"], "node")
 
     def _keep_running(self) -> None:
         assert self.topo is not None
@@ -412,7 +413,10 @@ def _raise_interrupt(signum, frame) -> None:
 
 def run_demo(manifests: Path, keep: bool = False, daemon_args: Sequence[str] = ()) -> int:
     demo = Demo(manifests, keep=keep, daemon_args=daemon_args)
-    # SIGTERM behaves like Ctrl-C: unwind through the finally blocks that clean up.
+    # Ctrl-C must raise KeyboardInterrupt even when started with SIGINT ignored (a background
+    # job of a non-interactive shell); SIGTERM and SIGHUP behave the same way. All unwind
+    # through the finally blocks that clean up.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
     atexit.register(demo.cleanup)

@@ -253,8 +253,6 @@ def install_kube_proxy(node: NetNS, services: Sequence[tuple[str, int, str, int]
         _ipt(node, "-t", "nat", "-A", "KUBE-SERVICES", "-d", f"{vip}/32", "-p", "tcp",
              "--dport", str(port), "-m", "comment", "--comment", "stand-in kube-proxy",
              "-j", "DNAT", "--to-destination", f"{target}:{target_port}")
-        # A node with a default route would route the VIP anyway; ours is offline.
-        node.run(["ip", "route", "replace", f"{vip}/32", "via", target], check=False)
     for chain in ("PREROUTING", "OUTPUT"):
         if _ipt(node, "-t", "nat", "-C", chain, *_KUBE_JUMP, check=False).returncode != 0:
             _ipt(node, "-t", "nat", "-I", chain, "1", *_KUBE_JUMP)
@@ -358,6 +356,13 @@ class DaemonError(RuntimeError):
     """`edgeproxy run` did not start or answer; the message carries the end of its log."""
 
 
+def edgeproxy_argv() -> list[str]:
+    """How to run edgeproxy: $EDGEPROXY_BIN when set (an installed package, a release binary),
+    else this checkout's package with the running interpreter."""
+    override = os.environ.get("EDGEPROXY_BIN")
+    return [override] if override else [sys.executable, "-m", "edgeproxy"]
+
+
 class Daemon:
     """The real `edgeproxy run` as a subprocess inside the node namespace.
 
@@ -377,7 +382,7 @@ class Daemon:
         self._log = None
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "edgeproxy", "run",
+        return [*edgeproxy_argv(), "run",
                 "--manifests", str(self.manifests),
                 "--state-dir", str(self.workdir / "state"),
                 "--healthz-bind-address", HEALTHZ,
@@ -439,8 +444,7 @@ class Daemon:
 
     def status(self) -> dict:
         """`edgeproxy status -o json` run inside the node namespace, as an operator would."""
-        result = self.node.run([sys.executable, "-m", "edgeproxy", "status", "-o", "json",
-                                "--healthz-bind-address", HEALTHZ], check=False)
+        result = self.node.run([*edgeproxy_argv(), "status", "-o", "json"], check=False)
         if result.returncode != 0:
             raise DaemonError(f"edgeproxy status failed ({result.returncode}): "
                               f"{result.stderr.strip()}")

@@ -1,0 +1,126 @@
+"""The real daemon's life on a namespaced node: start order against kube-proxy, signals, crash
+and restart. Issue 5 "Done when": start before and after a stand-in kube-proxy; SIGHUP;
+SIGTERM (rules gone, exit 0); SIGKILL and restart (one copy of each rule, no stale rule)."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from edgeproxy import testbed as tb
+from tests.e2e import harness as h
+
+pytestmark = [pytest.mark.slow, pytest.mark.netns]
+
+LABELLED = (tb.METRICS_VIP, tb.METRICS_PORT, tb.WEB_BACKENDS["web-1"], tb.METRICS_PORT)
+# kube-proxy's stale copy of web: a pod IP that is gone. Reached only when its jump wins.
+STALE_WEB = (tb.WEB_VIP, 80, "198.18.1.99", tb.WEB_PORT)
+
+
+def _web_ok(ns) -> bool:
+    return tb.http_get(ns, tb.WEB_VIP, timeout=1).strip() in ("web-1", "web-2")
+
+
+def test_started_after_kube_proxy_serves_pods_and_node(topo, start_daemon, tmp_path):
+    tb.install_kube_proxy(topo.node, [LABELLED, STALE_WEB])
+    mirror = h.AtomicRenameMirror(tmp_path / "mirror")
+    start_daemon(mirror.root)
+
+    h.assert_rules_once(topo.node)
+    assert _web_ok(topo.pod) and _web_ok(topo.node)
+    assert tb.echo_line(topo.pod, tb.ECHO_VIP, 7, "ping").startswith("echo-")
+    name, addr = tb.DNS_RECORD
+    for ns in (topo.pod, topo.node):
+        for transport in ("+notcp", "+tcp"):
+            dig = ns.run(["dig", "+short", "+time=2", "+tries=1", transport,
+                          f"@{tb.DNS_VIP}", name])
+            assert dig.stdout.strip() == addr, (ns.name, transport, dig.stdout)
+    # The labelled service is skipped: kube-proxy's DNAT answers it, edgeproxy has no rule.
+    assert "node_up 1" in tb.http_get(topo.pod, tb.METRICS_VIP, tb.METRICS_PORT)
+    assert not [line for line in h.rule_lines(topo.node) if tb.METRICS_VIP in line]
+
+
+def test_started_before_kube_proxy_takes_the_front_back(topo, start_daemon, tmp_path):
+    mirror = h.AtomicRenameMirror(tmp_path / "mirror")
+    daemon = start_daemon(mirror.root)
+    assert _web_ok(topo.pod)
+
+    # kube-proxy starts later and prepends its jump: its stale web rule would now win.
+    tb.install_kube_proxy(topo.node, [LABELLED, STALE_WEB])
+    took = tb.wait_until(
+        lambda: all(tb.nat_chain_targets(topo.node, c)[0].startswith("KUBE-PORTALS")
+                    for c in ("PREROUTING", "OUTPUT")), timeout=5)
+    assert took is not None, tb.nat_listing(topo.node, "PREROUTING", "OUTPUT")
+    h.assert_rules_once(topo.node)
+    assert tb.wait_until(lambda: _web_ok(topo.pod) and _web_ok(topo.node), timeout=3) is not None
+    assert "node_up 1" in tb.http_get(topo.pod, tb.METRICS_VIP, tb.METRICS_PORT)
+    assert h.chain_repairs(daemon) >= 1
+
+    # And again when kube-proxy re-inserts after a flush (the jump it finds missing).
+    before = h.chain_repairs(daemon)
+    tb.kube_proxy_jumps_ahead(topo.node)
+    assert tb.wait_until(lambda: h.chain_repairs(daemon) > before and
+                         tb.nat_chain_targets(topo.node, "PREROUTING")[0] != "KUBE-SERVICES",
+                         timeout=5) is not None
+    h.assert_rules_once(topo.node)
+
+
+def test_sighup_reloads_while_traffic_flows(topo, start_daemon, tmp_path):
+    tb.install_kube_proxy(topo.node, [LABELLED, STALE_WEB])
+    mirror = h.AtomicRenameMirror(tmp_path / "mirror")
+    daemon = start_daemon(mirror.root)
+    client = h.standard_client(topo).start()
+    try:
+        client.wait_for_requests(3)
+        for _ in range(3):
+            daemon.signal(signal.SIGHUP)
+            client.wait_for_requests(3)
+        assert daemon.running()
+        assert daemon.get("/readyz")[0] == 200
+    finally:
+        client.stop()
+    client.assert_no_failures()
+    h.assert_rules_once(topo.node)
+
+
+def test_sigterm_hands_traffic_back_and_exits_zero(topo, start_daemon, tmp_path):
+    tb.install_kube_proxy(topo.node, [LABELLED])
+    mirror = h.AtomicRenameMirror(tmp_path / "mirror")
+    daemon = start_daemon(mirror.root)
+    assert h.rule_lines(topo.node)
+
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=15) == 0, daemon.log_tail()
+    assert h.rule_lines(topo.node) == []
+    for chain in ("PREROUTING", "OUTPUT"):
+        assert tb.nat_chain_targets(topo.node, chain) == ["KUBE-SERVICES"]
+    # kube-proxy's own service still works: nothing of it was touched.
+    assert "node_up 1" in tb.http_get(topo.pod, tb.METRICS_VIP, tb.METRICS_PORT)
+    with pytest.raises(OSError):  # nobody serves web any more (kube-proxy has no rule for it)
+        tb.http_get(topo.pod, tb.WEB_VIP, timeout=0.5)
+
+
+def test_sigkill_then_restart_leaves_one_copy_of_each_rule(topo, start_daemon, tmp_path):
+    tb.install_kube_proxy(topo.node, [LABELLED])
+    mirror = h.AtomicRenameMirror(tmp_path / "mirror")
+    workdir = tmp_path / "daemon"
+    first = start_daemon(mirror.root, workdir=workdir)
+    ports_before = h.proxy_ports(topo.node)
+    assert f"{tb.ECHO_VIP}:7/tcp" in ports_before
+
+    first.signal(signal.SIGKILL)
+    first.wait(timeout=5)
+    assert h.rule_lines(topo.node), "a killed daemon cannot clean up; its rules stay"
+    mirror.delete("echo.yaml")  # changed while nobody was watching
+
+    start_daemon(mirror.root, workdir=workdir)
+    h.assert_rules_once(topo.node)
+    ports_after = h.proxy_ports(topo.node)
+    assert f"{tb.ECHO_VIP}:7/tcp" not in ports_after, "stale rule of a deleted service"
+    # The proxy ports are kept across the restart (state dir), so nothing else moved.
+    assert {k: v for k, v in ports_before.items() if k in ports_after} == ports_after
+    assert _web_ok(topo.pod)
+    with pytest.raises(OSError):
+        tb.echo_line(topo.pod, tb.ECHO_VIP, 7, "ping", timeout=0.5)
