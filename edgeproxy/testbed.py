@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -392,11 +393,17 @@ class Daemon:
     def start(self) -> "Daemon":
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
-        argv = self.command()
-        if self.nofile:
-            argv = ["prlimit", f"--nofile={self.nofile}:{self.nofile}", "--", *argv]
-        self.proc = self.node.popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
+        nofile = self.nofile
+
+        def raise_nofile() -> None:
+            # As LimitNOFILE= in the unit would; capped by our own hard limit (containers).
+            if nofile:
+                soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+                want = nofile if hard == resource.RLIM_INFINITY else min(nofile, hard)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+
+        self.proc = self.node.popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, preexec_fn=raise_nofile)
         return self
 
     def log_tail(self, lines: int = 30) -> str:
