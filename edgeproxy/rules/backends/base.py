@@ -1,0 +1,80 @@
+"""The backend interface and the command runner every backend shells out through.
+
+A backend writes a `RuleSet` into the kernel, checks and repairs it, and removes it again.
+All commands go through a `Runner` so tests and benchmarks can run them inside a network
+namespace (``NamespaceRunner``) and the daemon runs them without blocking the gevent hub: under
+``gevent.monkey.patch_all()`` the stdlib ``subprocess`` used here *is* gevent.subprocess.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+from ..render import RuleSet
+
+COMMAND_TIMEOUT = 30.0  # seconds; iptables waits at most -w 5 for the lock, restore is fast
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Runner(Protocol):
+    def __call__(self, argv: Sequence[str], input: str | None = None) -> Result: ...
+
+
+class LocalRunner:
+    """Runs commands in this process's network namespace."""
+
+    def __init__(self, prefix: Sequence[str] = ()) -> None:
+        self.prefix = list(prefix)
+
+    def __call__(self, argv: Sequence[str], input: str | None = None) -> Result:
+        try:
+            proc = subprocess.run([*self.prefix, *argv], input=input, capture_output=True,
+                                  text=True, timeout=COMMAND_TIMEOUT)
+        except FileNotFoundError as exc:
+            return Result(127, "", f"{argv[0]}: command not found ({exc})")
+        except subprocess.TimeoutExpired:
+            return Result(124, "", f"{argv[0]}: timed out after {COMMAND_TIMEOUT:.0f} s")
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def namespace_runner(netns_name: str) -> LocalRunner:
+    """Runs every command inside ``ip netns exec NAME`` (tests, benchmarks, demo)."""
+    return LocalRunner(["ip", "netns", "exec", netns_name])
+
+
+class BackendError(RuntimeError):
+    """A command of the backend failed; the message carries the command and its stderr."""
+
+
+@dataclass
+class CleanupReport:
+    removed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def extend(self, other: "CleanupReport") -> None:
+        self.removed += other.removed
+        self.errors += other.errors
+
+
+class Backend(Protocol):
+    name: str
+
+    def apply(self, ruleset: RuleSet) -> None: ...
+
+    def check_and_repair(self, ruleset: RuleSet) -> list[str]: ...
+
+    def diagnose(self, ruleset: RuleSet | None) -> list[str]: ...
+
+    def cleanup(self) -> CleanupReport: ...

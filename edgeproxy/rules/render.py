@@ -1,0 +1,319 @@
+"""Pure rendering of the desired state into edgeproxy's capture rules (no I/O).
+
+`render_rules` maps service ports plus their allocated proxy ports to a `RuleSet`: kube-proxy
+userspace's chains (KUBE-PORTALS-CONTAINER/-HOST, KUBE-NODEPORT-CONTAINER/-HOST in nat,
+KUBE-NODEPORT-NON-LOCAL in filter) with its exact jump comments, plus EDGEPROXY-LISTEN-GUARD in
+filter, for IPv4 (iptables) and IPv6 (ip6tables). Every capture DNATs to the listen address on
+the edgeproxy0 dummy interface, in the container path (PREROUTING) and the host path (OUTPUT)
+alike: REDIRECT would send host traffic to 127.0.0.1 (a UDP listener on the wildcard then
+answers from the wrong source) and would need route_localnet from PREROUTING (CVE-2020-8558).
+
+Rules are written in the order iptables-save prints them (base options, then matches in
+insertion order, then the target), so golden files read like a real dump of the table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from edgeproxy.model import ListenAddresses, Protocol, ServicePort, ServicePortKey
+
+from .iptables_text import format_rule
+
+PORTALS_CONTAINER = "KUBE-PORTALS-CONTAINER"
+PORTALS_HOST = "KUBE-PORTALS-HOST"
+NODEPORT_CONTAINER = "KUBE-NODEPORT-CONTAINER"
+NODEPORT_HOST = "KUBE-NODEPORT-HOST"
+NODEPORT_NON_LOCAL = "KUBE-NODEPORT-NON-LOCAL"
+LISTEN_GUARD = "EDGEPROXY-LISTEN-GUARD"
+KUBE_SERVICES = "KUBE-SERVICES"
+
+# kube-proxy userspace's jump comments, verbatim (pkg/proxy/userspace/proxier.go).
+PORTALS_COMMENT = "handle ClusterIPs; NOTE: this must be before the NodePort rules"
+NODEPORT_COMMENT = "handle service NodePorts; NOTE: this must be the last rule in the chain"
+NON_LOCAL_COMMENT = "Ensure that non-local NodePort traffic can flow"
+GUARD_COMMENT = "edgeproxy: only DNATed traffic may reach the proxy listeners"
+
+# Every chain edgeproxy owns, per table; cleanup removes exactly these and the jumps to them.
+OWN_CHAINS: dict[str, tuple[str, ...]] = {
+    "nat": (PORTALS_CONTAINER, PORTALS_HOST, NODEPORT_CONTAINER, NODEPORT_HOST),
+    "filter": (LISTEN_GUARD, NODEPORT_NON_LOCAL),
+}
+ALL_OWN_CHAINS = frozenset(c for chains in OWN_CHAINS.values() for c in chains)
+TABLES = ("nat", "filter")
+NFT_TABLE = "edgeproxy"
+NFT_PRIORITY_OFFSET = -10  # dstnat - 10: before kube-proxy's nftables dstnat chains
+
+
+@dataclass(frozen=True)
+class Jump:
+    """A rule in a built-in chain that enters one of our chains (order within a chain matters)."""
+
+    table: str
+    chain: str
+    tokens: tuple[str, ...]  # full rule spec, ending in -j TARGET
+
+    @property
+    def target(self) -> str:
+        return self.tokens[-1]
+
+
+# The jumps, in the order they must appear in each built-in chain, all before KUBE-SERVICES.
+JUMPS: tuple[Jump, ...] = (
+    Jump("nat", "PREROUTING", ("-m", "comment", "--comment", PORTALS_COMMENT,
+                               "-j", PORTALS_CONTAINER)),
+    Jump("nat", "PREROUTING", ("-m", "addrtype", "--dst-type", "LOCAL", "-m", "comment",
+                               "--comment", NODEPORT_COMMENT, "-j", NODEPORT_CONTAINER)),
+    Jump("nat", "OUTPUT", ("-m", "comment", "--comment", PORTALS_COMMENT, "-j", PORTALS_HOST)),
+    Jump("nat", "OUTPUT", ("-m", "addrtype", "--dst-type", "LOCAL", "-m", "comment",
+                           "--comment", NODEPORT_COMMENT, "-j", NODEPORT_HOST)),
+    Jump("filter", "INPUT", ("-m", "comment", "--comment", GUARD_COMMENT, "-j", LISTEN_GUARD)),
+    Jump("filter", "INPUT", ("-m", "comment", "--comment", NON_LOCAL_COMMENT,
+                             "-j", NODEPORT_NON_LOCAL)),
+)
+
+
+@dataclass(frozen=True)
+class Capture:
+    """One destination the rules capture, for UDP conntrack flushing and the tracer.
+
+    ``ip`` is None for a NodePort (any local address)."""
+
+    family: int
+    protocol: str  # "tcp" | "udp"
+    ip: str | None
+    port: int
+    destination: str  # DNAT target, "169.254.96.17:61000" or "[fd65::1]:61000"
+    key: ServicePortKey
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """The complete rules for one desired state; compare two with ``==``."""
+
+    listen: ListenAddresses
+    families: tuple[int, ...]
+    chains: Mapping[tuple[int, str], tuple[tuple[str, tuple[tuple[str, ...], ...]], ...]]
+    captures: tuple[Capture, ...] = ()
+    skipped: tuple[str, ...] = field(default=(), compare=False)  # why a key got no rules
+
+    def tables(self, family: int) -> tuple[str, ...]:
+        return TABLES if family in self.families else ()
+
+    def chain_rules(self, family: int, table: str) -> dict[str, tuple[tuple[str, ...], ...]]:
+        """Our chains of a table with their rule specs, in declaration order."""
+        return dict(self.chains.get((family, table), ()))
+
+    def jumps(self, table: str) -> tuple[Jump, ...]:
+        return tuple(j for j in JUMPS if j.table == table)
+
+    def restore_text(self, family: int, table: str, jump_lines: list[str] | None = None) -> str:
+        """iptables-restore --noflush text that rebuilds our chains of ``table``.
+
+        The ``:CHAIN - [0:0]`` lines create or flush only our chains; nothing else is touched.
+        ``jump_lines`` are the jump edits a backend computed from the live table; by default
+        the jumps are inserted at the top, as on a node where they do not exist yet.
+        """
+        lines = [f"*{table}"]
+        chains = self.chain_rules(family, table)
+        lines += [f":{name} - [0:0]" for name in chains]
+        for name, rules in chains.items():
+            lines += [f"-A {name} {format_rule(spec)}" for spec in rules]
+        if jump_lines is None:
+            position: dict[str, int] = {}
+            jump_lines = []
+            for jump in self.jumps(table):
+                position[jump.chain] = position.get(jump.chain, 0) + 1
+                jump_lines.append(f"-I {jump.chain} {position[jump.chain]} "
+                                  f"{format_rule(jump.tokens)}")
+        lines += jump_lines
+        lines.append("COMMIT")
+        return "\n".join(lines) + "\n"
+
+    def captures_for(self, family: int) -> tuple[Capture, ...]:
+        return tuple(c for c in self.captures if c.family == family)
+
+    def nft_text(self, family: int) -> str:
+        """One ``nft -f`` transaction that replaces ``table ip|ip6 edgeproxy`` atomically.
+
+        The leading ``table`` line makes the ``delete`` valid when the table does not exist yet;
+        nothing outside our own table is named. The table comment carries a digest of the body
+        so the backend can tell whether the live table is ours and current.
+        """
+        nft_family = "ip" if family == 4 else "ip6"
+        body = self._nft_body(family)
+        digest = hashlib.sha256(body.encode()).hexdigest()[:16]
+        head = f"table {nft_family} {NFT_TABLE}"
+        return (f"{head}\ndelete {head}\n{head} {{\n\tcomment \"edgeproxy {digest}\"\n"
+                f"{body}}}\n")
+
+    def nft_digest(self, family: int) -> str:
+        return hashlib.sha256(self._nft_body(family).encode()).hexdigest()[:16]
+
+    def nft_rule_counts(self, family: int) -> dict[str, int]:
+        """Rules per chain of the nft table, to recognise a table someone edited."""
+        counts = {}
+        for line_chain, count in _nft_chain_counts(self._nft_body(family)):
+            counts[line_chain] = count
+        return counts
+
+    def _nft_body(self, family: int) -> str:
+        addr = "ip daddr" if family == 4 else "ip6 daddr"
+        listen = self.listen.ipv4 if family == 4 else self.listen.ipv6
+        prio = str(-100 + NFT_PRIORITY_OFFSET)  # dstnat (-100) - 10; "dstnat" is prerouting-only
+        out = [
+            "\tchain prerouting {",
+            f"\t\ttype nat hook prerouting priority {prio}; policy accept;",
+            f'\t\tjump {PORTALS_CONTAINER} comment "{PORTALS_COMMENT}"',
+            f'\t\tfib daddr type local jump {NODEPORT_CONTAINER} comment "{NODEPORT_COMMENT}"',
+            "\t}",
+            "\tchain output {",
+            f"\t\ttype nat hook output priority {prio}; policy accept;",
+            f'\t\tjump {PORTALS_HOST} comment "{PORTALS_COMMENT}"',
+            f'\t\tfib daddr type local jump {NODEPORT_HOST} comment "{NODEPORT_COMMENT}"',
+            "\t}",
+            "\tchain input {",
+            "\t\ttype filter hook input priority filter - 10; policy accept;",
+        ]
+        if listen:
+            out.append(f'\t\t{addr} {listen} ct status & dnat == 0 drop comment "{GUARD_COMMENT}"')
+        out.append("\t}")
+        by_chain: dict[str, list[str]] = {c: [] for c in OWN_CHAINS["nat"]}
+        for name, rules in self.chain_rules(family, "nat").items():
+            for spec in rules:
+                by_chain[name].append(_nft_rule(spec, addr))
+        for name, rules in by_chain.items():
+            out.append(f"\tchain {name} {{")
+            out += [f"\t\t{r}" for r in dict.fromkeys(rules)]  # physdev/addrtype pairs merge
+            out.append("\t}")
+        return "\n".join(out) + "\n"
+
+
+def _nft_chain_counts(body: str) -> list[tuple[str, int]]:
+    result, chain, count = [], None, 0
+    for line in body.splitlines():
+        s = line.strip()
+        if s.startswith("chain "):
+            chain, count = s.split()[1], 0
+        elif s == "}":
+            if chain is not None:
+                result.append((chain, count))
+            chain = None
+        elif chain is not None and not s.startswith("type "):
+            count += 1
+    return result
+
+
+def _nft_rule(spec: tuple[str, ...], addr: str) -> str:
+    """Translate one of our DNAT rule specs to nft syntax.
+
+    ``-m physdev ! --physdev-is-in`` has no nft equivalent without br_netfilter's meta keys,
+    so the external-IP rule of the container path becomes unconditional (see docs/rules.md);
+    ``-m addrtype --dst-type LOCAL`` becomes ``fib daddr type local``.
+    """
+    parts = []
+    toks = list(spec)
+    get = lambda flag: toks[toks.index(flag) + 1] if flag in toks else None  # noqa: E731
+    dst = get("-d")
+    proto = get("-p")
+    if dst:
+        parts.append(f"{addr} {dst.split('/')[0]}")
+    parts.append(f"{proto} dport {get('--dport')}")
+    if "addrtype" in toks:
+        parts.append("fib daddr type local")
+    parts.append(f"dnat to {get('--to-destination')}")
+    parts.append(f'comment "{get("--comment")}"')
+    return " ".join(parts)
+
+
+def _family(ip: str) -> int:
+    return ipaddress.ip_address(ip).version
+
+
+def _host(ip: str) -> str:
+    return f"{ip}/128" if ":" in ip else f"{ip}/32"
+
+
+def render_rules(ports: Mapping[ServicePortKey, ServicePort],
+                 proxy_ports: Mapping[ServicePortKey, int],
+                 listen: ListenAddresses) -> RuleSet:
+    """The complete rule set; keys without a proxy port (or SCTP) are not captured."""
+    chains: dict[tuple[int, str], dict[str, list[tuple[str, ...]]]] = {}
+    for fam in (4, 6):
+        chains[(fam, "nat")] = {c: [] for c in OWN_CHAINS["nat"]}
+        chains[(fam, "filter")] = {c: [] for c in OWN_CHAINS["filter"]}
+    captures: list[Capture] = []
+    skipped: list[str] = []
+    used_families = {4}
+    for key in sorted(ports):
+        sp = ports[key]
+        if key.protocol not in (Protocol.TCP, Protocol.UDP):
+            skipped.append(f"{key}: protocol {key.protocol.value} is not proxied")
+            continue
+        proxy_port = proxy_ports.get(key)
+        if proxy_port is None:
+            skipped.append(f"{key}: no proxy port allocated")
+            continue
+        proto = key.protocol.value.lower()
+        comment = key.comment
+        for fam in (4, 6):
+            listen_ip = listen.ipv4 if fam == 4 else listen.ipv6
+            fam_vips = [ip for ip in sp.vips if _family(ip) == fam]
+            fam_external = [ip for ip in sp.external_ips if _family(ip) == fam]
+            has_family = bool(fam_vips or fam_external
+                              or any(_family(ip) == fam for ip in sp.cluster_ips))
+            if not has_family:
+                continue
+            if not listen_ip:
+                skipped.append(f"{key}: no IPv{fam} listen address for its IPv{fam} addresses")
+                continue
+            used_families.add(fam)
+            dest = f"[{listen_ip}]:{proxy_port}" if fam == 6 else f"{listen_ip}:{proxy_port}"
+            nat = chains[(fam, "nat")]
+
+            def dnat(dst: str | None, port: int, *extra: str) -> tuple[str, ...]:
+                spec: list[str] = []
+                if dst:
+                    spec += ["-d", _host(dst)]
+                spec += ["-p", proto, "-m", "comment", "--comment", comment,
+                         "-m", proto, "--dport", str(port), *extra,
+                         "-j", "DNAT", "--to-destination", dest]
+                return tuple(spec)
+
+            for vip in fam_vips:  # ClusterIPs and load-balancer ingress IPs
+                nat[PORTALS_CONTAINER].append(dnat(vip, sp.port))
+                nat[PORTALS_HOST].append(dnat(vip, sp.port))
+                captures.append(Capture(fam, proto, vip, sp.port, dest, key))
+            for eip in fam_external:
+                # kube-proxy userspace: from pods only when not bridged or addressed to us;
+                # from the host only when the address is local.
+                nat[PORTALS_CONTAINER].append(
+                    dnat(eip, sp.port, "-m", "physdev", "!", "--physdev-is-in"))
+                nat[PORTALS_CONTAINER].append(
+                    dnat(eip, sp.port, "-m", "addrtype", "--dst-type", "LOCAL"))
+                nat[PORTALS_HOST].append(
+                    dnat(eip, sp.port, "-m", "addrtype", "--dst-type", "LOCAL"))
+                captures.append(Capture(fam, proto, eip, sp.port, dest, key))
+            if sp.node_port:
+                nat[NODEPORT_CONTAINER].append(dnat(None, sp.node_port))
+                nat[NODEPORT_HOST].append(dnat(None, sp.node_port))
+                chains[(fam, "filter")][NODEPORT_NON_LOCAL].append(
+                    ("-d", _host(listen_ip), "-p", proto, "-m", "comment", "--comment", comment,
+                     "-m", proto, "--dport", str(proxy_port), "-j", "ACCEPT"))
+                captures.append(Capture(fam, proto, None, sp.node_port, dest, key))
+    families = tuple(sorted(used_families))
+    for fam in families:
+        listen_ip = listen.ipv4 if fam == 4 else listen.ipv6
+        if listen_ip:
+            chains[(fam, "filter")][LISTEN_GUARD].append(
+                ("-d", _host(listen_ip), "-m", "conntrack", "!", "--ctstate", "DNAT",
+                 "-m", "comment", "--comment", GUARD_COMMENT, "-j", "DROP"))
+    frozen = {
+        k: tuple((name, tuple(rules)) for name, rules in v.items())
+        for k, v in chains.items() if k[0] in families
+    }
+    return RuleSet(listen=listen, families=families, chains=frozen,
+                   captures=tuple(captures), skipped=tuple(skipped))
