@@ -124,3 +124,23 @@ def test_sigkill_then_restart_leaves_one_copy_of_each_rule(topo, start_daemon, t
     assert _web_ok(topo.pod)
     with pytest.raises(OSError):
         tb.echo_line(topo.pod, tb.ECHO_VIP, 7, "ping", timeout=0.5)
+
+
+def test_a_broken_file_at_start_does_not_stop_the_valid_rest(topo, start_daemon, tmp_path):
+    mirror = h.AtomicRenameMirror(tmp_path / "mirror")
+    mirror.write("broken.yaml", h.BROKEN_MANIFEST)
+    daemon = start_daemon(mirror.root)
+    assert _web_ok(topo.pod)
+    status = daemon.status()
+    assert h.file_errors(status, "broken.yaml"), status
+    assert {"default/web", "default/echo", "kube-system/edge-dns"} <= h.status_services(status)
+
+
+def test_refuses_a_manifest_directory_others_can_write(topo, start_daemon, tmp_path):
+    mirror = h.AtomicRenameMirror(tmp_path / "mirror")
+    mirror.root.chmod(0o777)
+    daemon = start_daemon(mirror.root, ready=False)
+    assert daemon.wait(timeout=15) != 0
+    log = daemon.log_tail()
+    assert str(mirror.root) in log and "Traceback" not in log, log
+    assert h.rule_lines(topo.node) == []
