@@ -132,13 +132,17 @@ class ParseError(ValueError):
     pass
 
 
-def parse_save(text: str) -> dict[str, Table]:
+def parse_save(text: str, into: dict[str, Table] | None = None) -> dict[str, Table]:
     """Parse iptables-save output (or restore text made of ``:`` and ``-A`` / ``-I`` lines).
 
     ``-I CHAIN [N]`` inserts like iptables would; ``-D``, ``-F``, ``-X`` are applied too, so a
-    restore text produced by the backends can be replayed onto a parsed table in tests.
+    restore text produced by the backends can be replayed onto a parsed table (``into``, which
+    is left unchanged: the result is a new mapping).
     """
-    tables: dict[str, Table] = {}
+    tables: dict[str, Table] = {
+        name: Table(name, {c: list(rules) for c, rules in t.chains.items()})
+        for name, t in (into or {}).items()
+    }
     table: Table | None = None
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -157,7 +161,10 @@ def parse_save(text: str) -> dict[str, Table]:
             raise ParseError(f"line {lineno}: rule outside a table: {line}")
         if line.startswith(":"):
             chain = line[1:].split()[0]
-            table.chains[chain] = []  # a declaration flushes, as with --noflush
+            if chain in BUILTIN_CHAINS.get(table.name, ()):
+                table.chains.setdefault(chain, [])  # only sets the policy
+            else:
+                table.chains[chain] = []  # declaring a user chain flushes it, even --noflush
             continue
         try:
             tokens = shlex.split(line)

@@ -187,7 +187,12 @@ class RuleSet:
                 by_chain[name].append(_nft_rule(spec, addr))
         for name, rules in by_chain.items():
             out.append(f"\tchain {name} {{")
-            out += [f"\t\t{r}" for r in dict.fromkeys(rules)]  # physdev/addrtype pairs merge
+            # The container path's physdev rule became unconditional in nft, which makes its
+            # addrtype twin redundant: keep one.
+            kept = [r for r in dict.fromkeys(rules)
+                    if " fib daddr type local" not in r
+                    or r.replace(" fib daddr type local", "") not in rules]
+            out += [f"\t\t{r}" for r in kept]
             out.append("\t}")
         return "\n".join(out) + "\n"
 

@@ -9,6 +9,7 @@ namespace (``NamespaceRunner``) and the daemon runs them without blocking the ge
 from __future__ import annotations
 
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -35,12 +36,17 @@ class LocalRunner:
         self.prefix = list(prefix)
 
     def __call__(self, argv: Sequence[str], input: str | None = None) -> Result:
+        # gevent.subprocess once gevent is loaded (the daemon, the keeper): the hub keeps
+        # serving while iptables runs. The one-shot commands never import gevent.
+        module = subprocess
+        if "gevent" in sys.modules:
+            import gevent.subprocess as module  # type: ignore[no-redef]
         try:
-            proc = subprocess.run([*self.prefix, *argv], input=input, capture_output=True,
-                                  text=True, timeout=COMMAND_TIMEOUT)
+            proc = module.run([*self.prefix, *argv], input=input, capture_output=True,
+                              text=True, timeout=COMMAND_TIMEOUT)
         except FileNotFoundError as exc:
             return Result(127, "", f"{argv[0]}: command not found ({exc})")
-        except subprocess.TimeoutExpired:
+        except module.TimeoutExpired:
             return Result(124, "", f"{argv[0]}: timed out after {COMMAND_TIMEOUT:.0f} s")
         return Result(proc.returncode, proc.stdout, proc.stderr)
 

@@ -1,0 +1,124 @@
+"""RuleKeeper: applies the current rule set and keeps it in place against other writers.
+
+kube-proxy re-inserts its KUBE-SERVICES jump at position 1 after a flush, EdgeMesh's exit and
+``kube-proxy --cleanup`` delete the KUBE-PORTALS-* chains (shared names), and nobody moves an
+existing jump. So a greenlet re-checks every ``check_period`` seconds (default 1 s) and repairs
+order, jumps, chains and rules; every repair is logged and counted. Whenever capture starts or
+changes (first install, a repair, a proxy-port change, a service added or removed) the UDP
+conntrack entries of the affected destinations are deleted so existing flows (DNS) follow.
+
+gevent-friendly: backends shell out through gevent.subprocess when gevent is loaded, and one
+lock keeps an update and a periodic check from interleaving.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Iterable
+
+import gevent
+import gevent.lock
+
+from .backends.base import Backend, CleanupReport
+from .conntrack import flush_udp_flows
+from .render import RuleSet
+
+log = logging.getLogger(__name__)
+
+Flusher = Callable[[Iterable[tuple[str | None, int]]], int]
+
+
+def _udp_targets(ruleset: RuleSet | None) -> dict[tuple[str | None, int], str]:
+    if ruleset is None:
+        return {}
+    return {(c.ip, c.port): c.destination for c in ruleset.captures if c.protocol == "udp"}
+
+
+class RuleKeeper:
+    def __init__(self, backend: Backend, check_period: float = 1.0,
+                 flush: Flusher | None = None) -> None:
+        if check_period <= 0:
+            raise ValueError("check_period must be positive")
+        self.backend = backend
+        self.check_period = check_period
+        self.flush = flush or flush_udp_flows
+        self.ruleset: RuleSet | None = None
+        self.repairs_total = 0
+        self.apply_errors_total = 0
+        self.conntrack_deleted_total = 0
+        self.last_repair_descriptions: list[str] = []
+        self._lock = gevent.lock.RLock()
+        self._greenlet: gevent.Greenlet | None = None
+
+    def _flush(self, targets: Iterable[tuple[str | None, int]]) -> None:
+        targets = list(targets)
+        if targets:
+            try:
+                self.conntrack_deleted_total += self.flush(targets)
+            except Exception:  # noqa: BLE001 - flushing is best effort, never fatal
+                log.exception("conntrack flush failed")
+
+    def update(self, ruleset: RuleSet) -> bool:
+        """Apply ``ruleset``; True on success. A failure is logged and counted, and the
+        periodic check keeps retrying towards it."""
+        with self._lock:
+            previous = _udp_targets(self.ruleset)
+            self.ruleset = ruleset
+            try:
+                self.backend.apply(ruleset)
+            except Exception as exc:  # noqa: BLE001 - keep running, retry on the next check
+                self.apply_errors_total += 1
+                log.error("applying rules with backend %s failed: %s", self.backend.name, exc)
+                return False
+            current = _udp_targets(ruleset)
+            changed = [t for t, dest in current.items() if previous.get(t) != dest]
+            changed += [t for t in previous if t not in current]
+            self._flush(changed)
+            return True
+
+    def check_once(self) -> list[str]:
+        """One check-and-repair pass (what the greenlet runs every period)."""
+        with self._lock:
+            if self.ruleset is None:
+                return []
+            try:
+                repairs = self.backend.check_and_repair(self.ruleset)
+            except Exception as exc:  # noqa: BLE001
+                self.apply_errors_total += 1
+                log.error("checking rules with backend %s failed: %s", self.backend.name, exc)
+                return []
+            if repairs:
+                self.repairs_total += len(repairs)
+                self.last_repair_descriptions = list(repairs)
+                for what in repairs:
+                    log.warning("repaired: %s", what)
+                # While our rules were broken new UDP flows may have been NATed elsewhere.
+                self._flush(_udp_targets(self.ruleset))
+            return repairs
+
+    def _loop(self) -> None:
+        while True:
+            gevent.sleep(self.check_period)
+            self.check_once()
+
+    def start(self) -> None:
+        if self._greenlet is None or self._greenlet.dead:
+            self._greenlet = gevent.spawn(self._loop)
+
+    def stop(self, cleanup: bool = True) -> CleanupReport | None:
+        """Stop checking; with ``cleanup`` remove every rule so kube-proxy takes the traffic
+        back (and delete our UDP flows so they follow)."""
+        if self._greenlet is not None:
+            self._greenlet.kill()
+            self._greenlet = None
+        if not cleanup:
+            return None
+        with self._lock:
+            report = self.backend.cleanup()
+            for what in report.removed:
+                log.info("removed %s", what)
+            for err in report.errors:
+                log.error("cleanup: %s", err)
+            self._flush(_udp_targets(self.ruleset))
+            self.ruleset = None
+            return report

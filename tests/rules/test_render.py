@@ -1,0 +1,225 @@
+"""Rendering: golden files, and packets traced through the rendered rules.
+
+Golden files live in tests/rules/golden/. After an intended change of the rendering, regenerate
+them with ``UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/rules/test_render.py`` and review
+the diff like code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from edgeproxy.model import ListenAddresses
+from edgeproxy.rules.backends.iptables_restore import jump_edits
+from edgeproxy.rules.iptables_text import parse_save
+from edgeproxy.rules.render import (JUMPS, KUBE_SERVICES, LISTEN_GUARD, PORTALS_COMMENT,
+                                    render_rules)
+from tests.rules import states
+from tests.rules.tracer import Packet, trace
+
+GOLDEN = Path(__file__).parent / "golden"
+
+# A node where kube-proxy (iptables mode) already runs: its jump is rule 1 and it would send
+# 198.19.0.10:80 to 198.18.1.11:8080 and 198.19.0.30:9100 to 198.18.1.30:9100.
+KUBE_PROXY_NAT = """*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A KUBE-SERVICES -d 198.19.0.10/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 198.18.1.11:8080
+-A KUBE-SERVICES -d 198.19.0.30/32 -p tcp -m tcp --dport 9100 -j DNAT --to-destination 198.18.1.30:9100
+COMMIT
+"""
+
+
+def _check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"{path} missing: run with UPDATE_GOLDEN=1 to create it"
+    assert text == path.read_text(), f"{name} differs from the golden file (UPDATE_GOLDEN=1)"
+
+
+def _all_iptables_text(rs) -> str:
+    parts = []
+    for family in rs.families:
+        for table in rs.tables(family):
+            parts.append(f"# {'ip6tables' if family == 6 else 'iptables'}-restore --noflush\n"
+                         + rs.restore_text(family, table))
+    return "".join(parts)
+
+
+@pytest.mark.parametrize("name,ports_fn", [("examples", states.example_ports),
+                                           ("full", states.full_ports)])
+def test_golden_iptables_and_nft(name, ports_fn):
+    ports = ports_fn()
+    rs = render_rules(ports, states.proxy_ports_for(ports), states.LISTEN)
+    _check_golden(f"{name}.iptables", _all_iptables_text(rs))
+    _check_golden(f"{name}.nft", "".join(rs.nft_text(f) for f in rs.families))
+
+
+def test_rendering_is_deterministic_and_ignores_dict_order():
+    ports = states.full_ports()
+    reversed_ports = dict(reversed(list(ports.items())))
+    a = render_rules(ports, states.proxy_ports_for(ports), states.LISTEN)
+    b = render_rules(reversed_ports, states.proxy_ports_for(ports), states.LISTEN)
+    assert a == b
+    assert _all_iptables_text(a) == _all_iptables_text(b)
+
+
+def _node(rs, family: int = 4):
+    """nat table of a kube-proxy node after our restore text was applied the way the backend
+    does it (jumps placed by jump_edits against the live table)."""
+    live = parse_save(KUBE_PROXY_NAT)
+    lines = []
+    for chain in ("PREROUTING", "OUTPUT"):
+        edits, _ = jump_edits(live["nat"], chain,
+                              [j.tokens for j in JUMPS if j.table == "nat" and j.chain == chain])
+        lines += edits
+    return parse_save(rs.restore_text(family, "nat", jump_lines=lines), into=live)
+
+
+@pytest.mark.parametrize("path", ["pod", "host"])
+def test_clusterip_from_pod_and_host_lands_on_listen_proxy_port(path):
+    ports = states.example_ports()
+    pp = states.proxy_ports_for(ports)
+    tables = _node(render_rules(ports, pp, states.LISTEN))
+    for key, sp in ports.items():
+        out = trace(tables, Packet(sp.cluster_ips[0], sp.port, key.protocol.value.lower(),
+                                   path=path))
+        assert (out.verdict, out.destination) == ("DNAT", f"169.254.96.17:{pp[key]}"), key
+        assert out.chains[1].startswith("KUBE-PORTALS"), out.chains
+
+
+def test_jumps_are_placed_before_kube_services_not_at_rule_one():
+    live = parse_save('*nat\n:PREROUTING ACCEPT [0:0]\n:cali-PREROUTING - [0:0]\n'
+                      '-A PREROUTING -j cali-PREROUTING\n' + KUBE_PROXY_NAT.split("\n", 1)[1])
+    edits, why = jump_edits(live["nat"], "PREROUTING",
+                            [j.tokens for j in JUMPS if j.chain == "PREROUTING"])
+    assert why == "jumps missing"
+    after = parse_save("*nat\n" + "\n".join(edits) + "\nCOMMIT\n", into=live)
+    targets = [r.target for r in after["nat"].chains["PREROUTING"]]
+    assert targets == ["cali-PREROUTING", "KUBE-PORTALS-CONTAINER", "KUBE-NODEPORT-CONTAINER",
+                       KUBE_SERVICES]
+    # Once right, nothing more to do: two keepers never fight.
+    assert jump_edits(after["nat"], "PREROUTING",
+                      [j.tokens for j in JUMPS if j.chain == "PREROUTING"]) == ([], "")
+
+
+def test_duplicate_and_foreign_jumps_collapse_to_one_copy():
+    portals = [j.tokens for j in JUMPS if j.chain == "PREROUTING"]
+    text = ("*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-PORTALS-CONTAINER - [0:0]\n"
+            ":KUBE-NODEPORT-CONTAINER - [0:0]\n:KUBE-SERVICES - [0:0]\n"
+            f'-A PREROUTING -m comment --comment "{PORTALS_COMMENT}" -j KUBE-PORTALS-CONTAINER\n'
+            "-A PREROUTING -j KUBE-SERVICES\n"
+            f'-A PREROUTING -m comment --comment "{PORTALS_COMMENT}" -j KUBE-PORTALS-CONTAINER\n'
+            "-A PREROUTING -j KUBE-PORTALS-CONTAINER\nCOMMIT\n")
+    live = parse_save(text)
+    edits, why = jump_edits(live["nat"], "PREROUTING", portals)
+    assert why
+    after = parse_save("*nat\n" + "\n".join(edits) + "\nCOMMIT\n", into=live)
+    targets = [r.target for r in after["nat"].chains["PREROUTING"]]
+    assert targets == ["KUBE-PORTALS-CONTAINER", "KUBE-NODEPORT-CONTAINER", KUBE_SERVICES]
+
+
+def test_skipped_or_removed_service_falls_through_to_kube_proxy():
+    ports = states.example_ports()
+    pp = states.proxy_ports_for(ports)
+    # 198.19.0.30:9100 is labelled for another proxy: never in the state, kube-proxy keeps it.
+    tables = _node(render_rules(ports, pp, states.LISTEN))
+    out = trace(tables, Packet("198.19.0.30", 9100))
+    assert (out.verdict, out.destination) == ("DNAT", "198.18.1.30:9100")
+    # web removed from the state: the next rendering no longer captures it.
+    del ports[states.WEB]
+    tables = _node(render_rules(ports, pp, states.LISTEN))
+    out = trace(tables, Packet("198.19.0.10", 80))
+    assert (out.verdict, out.destination) == ("DNAT", "198.18.1.11:8080")
+    # Wrong port or protocol of a captured VIP is not captured either.
+    assert trace(tables, Packet("198.19.0.53", 5353, "udp")).verdict is None
+    assert trace(tables, Packet("198.19.0.20", 7, "udp")).verdict is None
+
+
+def test_key_without_proxy_port_and_sctp_are_not_captured():
+    ports = states.full_ports()
+    pp = states.proxy_ports_for(ports)
+    del pp[states.ECHO]
+    rs = render_rules(ports, pp, states.LISTEN)
+    tables = _node(rs)
+    assert trace(tables, Packet("198.19.0.20", 7)).verdict is None
+    assert trace(tables, Packet("198.19.0.50", 3868, "sctp")).verdict is None
+    assert any("default/echo" in s for s in rs.skipped)
+    assert any("SCTP" in s for s in rs.skipped)
+
+
+def test_load_balancer_external_and_node_ports():
+    ports = states.full_ports()
+    pp = states.proxy_ports_for(ports)
+    dest = f"169.254.96.17:{pp[states.GW]}"
+    tables = _node(render_rules(ports, pp, states.LISTEN))
+    # Load-balancer ingress IP: captured like the ClusterIP from pods and the host.
+    for path in ("pod", "host"):
+        assert trace(tables, Packet("198.18.200.1", 443, path=path)).destination == dest
+    # External IP that is a local address: captured on both paths.
+    for path in ("pod", "host"):
+        assert trace(tables, Packet("198.18.0.1", 443, path=path)).destination == dest
+    # Non-local external IP: from a pod only when not bridged; from the host never.
+    assert trace(tables, Packet("198.18.9.9", 443)).destination == dest
+    assert trace(tables, Packet("198.18.9.9", 443, bridged=True)).verdict is None
+    assert trace(tables, Packet("198.18.9.9", 443, path="host")).verdict is None
+    # NodePort on a local address, from outside and from the host; not to foreign addresses.
+    for path in ("pod", "host"):
+        assert trace(tables, Packet("198.18.0.1", 30443, path=path)).destination == dest
+    assert trace(tables, Packet("198.18.5.5", 30443)).verdict is None
+
+
+def test_ipv6_vip_goes_to_ip6tables_with_bracketed_destination():
+    ports = states.full_ports()
+    pp = states.proxy_ports_for(ports)
+    rs = render_rules(ports, pp, states.LISTEN)
+    assert rs.families == (4, 6)
+    tables = parse_save(rs.restore_text(6, "nat"))
+    out = trace(tables, Packet("fd00:198:19::40", 443, src="fd00::2",
+                               local_addrs=frozenset({"fd65:6467:6570::1"})))
+    assert out.destination == f"[fd65:6467:6570::1]:{pp[states.GW]}"
+    # IPv4-only state: no IPv6 rules at all.
+    v4 = states.example_ports()
+    assert render_rules(v4, states.proxy_ports_for(v4), states.LISTEN).families == (4,)
+    # No IPv6 listen address: the IPv6 address is reported, not rendered.
+    rs = render_rules(ports, pp, ListenAddresses(ipv6=None))
+    assert rs.families == (4,)
+    assert any("IPv6" in s for s in rs.skipped)
+
+
+def test_listen_guard_drops_only_traffic_that_was_not_dnated():
+    ports = states.example_ports()
+    tables = parse_save(render_rules(ports, states.proxy_ports_for(ports),
+                                     states.LISTEN).restore_text(4, "filter"))
+    direct = Packet("169.254.96.17", 61000)
+    assert trace(tables, direct, table="filter").verdict == "DROP"
+    assert LISTEN_GUARD in trace(tables, direct, table="filter").chains
+    dnated = Packet("169.254.96.17", 61000, ctstate=frozenset({"DNAT"}))
+    assert trace(tables, dnated, table="filter").verdict is None
+
+
+def test_restore_text_only_names_our_chains():
+    ports = states.full_ports()
+    rs = render_rules(ports, states.proxy_ports_for(ports), states.LISTEN)
+    ours = {"KUBE-PORTALS-CONTAINER", "KUBE-PORTALS-HOST", "KUBE-NODEPORT-CONTAINER",
+            "KUBE-NODEPORT-HOST", "KUBE-NODEPORT-NON-LOCAL", LISTEN_GUARD}
+    for family in rs.families:
+        for table in rs.tables(family):
+            for line in rs.restore_text(family, table).splitlines():
+                if line.startswith(":"):
+                    assert line[1:].split()[0] in ours
+                elif line.startswith("-A"):
+                    assert line.split()[1] in ours
+                elif line.startswith("-I"):
+                    assert line.split()[1] in ("PREROUTING", "OUTPUT", "INPUT")
+                    assert line.split()[-1] in ours
+                else:
+                    assert line in (f"*{table}", "COMMIT"), line
