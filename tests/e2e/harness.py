@@ -10,7 +10,8 @@ adds what the e2e tests need on top:
   (rsync/kubectl: temp file + rename), `SymlinkSwapMirror` (git-sync: the root is a symlink to
   a versioned copy, swapped atomically; or the ConfigMap-volume layout where `..data` is swapped
   and the files are symlinks through it), `InPlaceMirror` (truncate and write in chunks).
-- `rule_lines()`: the edgeproxy rules of the node's nat table, for "one copy of each rule".
+- `rule_lines()`: edgeproxy's rules in the node's nat and filter tables (for "one copy of each
+  rule" and "rules gone").
 """
 
 from __future__ import annotations
@@ -376,10 +377,18 @@ MIRRORS: dict[str, type[Mirror]] = {m.style: m for m in (
 # --------------------------------------------------------------------------- rules
 
 
-def rule_lines(node: NetNS) -> list[str]:
-    """edgeproxy's lines of `iptables-save -t nat` (chain definitions excluded, counters off)."""
-    out = node.run(["iptables-save", "-t", "nat"]).stdout.splitlines()
-    return [line for line in out if line.startswith("-A") and "KUBE-PORTALS" in line]
+OWN_CHAIN_PREFIXES = ("KUBE-PORTALS-", "KUBE-NODEPORT-", "EDGEPROXY-")
+
+
+def rule_lines(node: NetNS, tables: tuple[str, ...] = ("nat", "filter")) -> list[str]:
+    """edgeproxy's rules (in its chains or jumping to them) from `iptables-save`, prefixed with
+    the table; chain definitions and counters left out."""
+    lines = []
+    for table in tables:
+        out = node.run(["iptables-save", "-t", table]).stdout.splitlines()
+        lines += [f"{table} {line}" for line in out
+                  if line.startswith("-A") and any(p in line for p in OWN_CHAIN_PREFIXES)]
+    return lines
 
 
 def assert_rules_once(node: NetNS) -> None:
@@ -399,7 +408,7 @@ def proxy_ports(node: NetNS) -> dict[str, str]:
     """VIP:port/proto -> DNAT target, from the container chain (to compare across restarts)."""
     mapping = {}
     for line in rule_lines(node):
-        if "-A KUBE-PORTALS-CONTAINER" not in line or "--to-destination" not in line:
+        if "nat -A KUBE-PORTALS-CONTAINER" not in line or "--to-destination" not in line:
             continue
         parts = line.split()
         vip = parts[parts.index("-d") + 1].split("/")[0]
