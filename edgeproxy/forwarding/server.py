@@ -1,0 +1,323 @@
+"""`ProxyServer`: the forwarding side of the desired state (the contract in TEAM.md).
+
+It turns ``Mapping[ServicePortKey, ServicePort]`` into listeners on proxy ports:
+
+* new key: allocate a port (stable across restarts, see `ports`), bind the listen address of
+  every family the service has VIPs in on that same port, start accepting;
+* changed key: endpoints, policy and affinity are applied to its balancer in place; open
+  connections and UDP sessions are not touched;
+* removed key: TCP stops accepting at once and open connections drain for ``drain_grace``
+  seconds before being reset; UDP sessions end with the listener.
+
+One housekeeping greenlet enforces idle timeouts, ends drains and expires affinity pins.
+"""
+
+from __future__ import annotations
+
+import _socket
+import errno
+import logging
+import time
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import gevent
+
+from edgeproxy.forwarding import listen as listen_mod
+from edgeproxy.forwarding.balancer import Balancer
+from edgeproxy.forwarding.ports import (
+    DEFAULT_PORT_RANGE,
+    STATE_FILE_NAME,
+    PortAllocator,
+    PortExhaustedError,
+    PortRange,
+    reserve_ports,
+)
+from edgeproxy.forwarding.splice import PipePool
+from edgeproxy.forwarding.stats import ServiceStats
+from edgeproxy.forwarding.tcp import TcpService
+from edgeproxy.forwarding.udp import UdpService
+from edgeproxy.model import ListenAddresses, Protocol, ServicePort, ServicePortKey
+
+log = logging.getLogger(__name__)
+
+LISTEN_BACKLOG = 4096
+HOUSEKEEPING_PERIOD = 1.0
+
+
+def _needs_v6(sp: ServicePort) -> bool:
+    return any(":" in ip for ip in sp.vips)
+
+
+def _needs_v4(sp: ServicePort) -> bool:
+    return not sp.vips or any(":" not in ip for ip in sp.vips)
+
+
+class ProxyServer:
+    """Listeners, relays and balancers for every proxied service port."""
+
+    def __init__(
+        self,
+        listen: ListenAddresses,
+        port_range: PortRange | None = None,
+        state_dir: Path = Path("/run/edgeproxy"),
+        udp_timeout: float = 300.0,
+        tcp_idle_timeout: float | None = None,
+        drain_grace: float = 30.0,
+        max_connections_per_service: int = 10000,
+        manage_interface: bool = True,
+        *,
+        reserve_port_range: bool | None = None,
+        max_udp_sessions_per_service: int | None = None,
+        use_splice: bool = True,
+        dial_timeouts: tuple[float, ...] | None = None,
+    ) -> None:
+        self.listen = listen
+        self.port_range = DEFAULT_PORT_RANGE if port_range is None else port_range
+        self.state_dir = Path(state_dir)
+        self.udp_timeout = udp_timeout
+        self.tcp_idle_timeout = tcp_idle_timeout
+        self.drain_grace = drain_grace
+        self.max_connections = max_connections_per_service
+        self.max_udp_sessions = max_udp_sessions_per_service or max_connections_per_service
+        self.manage_interface = manage_interface
+        # Reserving ports writes a sysctl of the current netns: only when we own the node setup.
+        self.reserve_port_range = manage_interface if reserve_port_range is None else (
+            reserve_port_range)
+        self.dial_timeouts = dial_timeouts
+        self.pipes = PipePool()
+        self.pipes.enabled = self.pipes.enabled and use_splice
+        self.allocator = PortAllocator(self.port_range, self.state_dir / STATE_FILE_NAME)
+        self.routes = listen_mod.RouteKeeper(listen)
+        self.ipv6_ready = bool(listen.ipv6) and not manage_interface
+        self._services: dict[ServicePortKey, TcpService | UdpService] = {}
+        self._ports: dict[ServicePortKey, int] = {}
+        self._specs: dict[ServicePortKey, ServicePort] = {}
+        self._draining: list[tuple[ServicePortKey, TcpService, float]] = []
+        self._housekeeper: gevent.Greenlet | None = None
+        self._started = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.manage_interface:
+            self.ipv6_ready = listen_mod.ensure_interface(self.listen)
+        if self.reserve_port_range:
+            try:
+                reserve_ports(self.port_range)
+            except OSError as exc:
+                log.warning("cannot reserve proxy ports %s: %s", self.port_range, exc)
+        self._housekeeper = gevent.spawn(self._housekeeping)
+        self._started = True
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting everywhere, let TCP connections finish for ``grace`` seconds, reset
+        the rest, then remove what we created (routes, interface)."""
+        grace = self.drain_grace if grace is None else grace
+        services = list(self._services.values()) + [s for _, s, _ in self._draining]
+        for service in services:
+            service.close_listeners()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(s.active for s in services):
+            gevent.sleep(0.05)
+        for service in services:
+            service.abort_all()
+        if self._housekeeper is not None:
+            self._housekeeper.kill(block=False)
+            self._housekeeper = None
+        for key in list(self._services):
+            self.allocator.release(str(key))
+        self._save_ports()
+        self._services.clear()
+        self._ports.clear()
+        self._draining.clear()
+        self.pipes.close()
+        if self.manage_interface:
+            self.routes.clear()
+            listen_mod.remove_interface(self.listen)
+        self._started = False
+
+    # -- desired state -------------------------------------------------------------------------
+
+    def reconcile(self, ports: Mapping[ServicePortKey, ServicePort]) -> dict[ServicePortKey, int]:
+        for key in [k for k in self._services if k not in ports]:
+            self._remove(key)
+        for key, sp in ports.items():
+            if sp.key.protocol not in (Protocol.TCP, Protocol.UDP):
+                continue
+            if key in self._services:
+                self._update(key, sp)
+            else:
+                try:
+                    self._add(key, sp)
+                except (PortExhaustedError, OSError) as exc:
+                    log.error("%s: cannot listen: %s", key, exc)
+        self._save_ports()
+        return dict(self._ports)
+
+    def _balancer_for(self, sp: ServicePort) -> Balancer:
+        return Balancer(sp.endpoints, sp.lb_policy, sp.session_affinity, sp.affinity_timeout)
+
+    def _add(self, key: ServicePortKey, sp: ServicePort) -> None:
+        stats = ServiceStats()
+        service: TcpService | UdpService
+        if key.protocol is Protocol.TCP:
+            service = TcpService(str(key), self._balancer_for(sp), stats, self.pipes,
+                                 self.max_connections, self.tcp_idle_timeout,
+                                 **({"dial_timeouts": self.dial_timeouts}
+                                    if self.dial_timeouts else {}))
+        else:
+            service = UdpService(str(key), self._balancer_for(sp), stats, self.udp_timeout,
+                                 self.max_udp_sessions)
+        families = self._families(sp)
+        bound: list[_socket.socket] = []
+
+        def try_bind(port: int) -> int | None:
+            socks: list[_socket.socket] = []
+            try:
+                for family, addr in families:
+                    sock = self._bind(key.protocol, family, addr, port)
+                    socks.append(sock)
+                    if port == 0:
+                        port = sock.getsockname()[1]
+            except OSError as exc:
+                for sock in socks:
+                    sock.close()
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    return None
+                raise
+            bound.extend(socks)
+            return port
+
+        port = self.allocator.allocate(str(key), try_bind)
+        for sock in bound:
+            service.add_listener(sock)
+        service.start()
+        self._services[key] = service
+        self._ports[key] = port
+        self._specs[key] = sp
+        log.info("%s: listening on port %d (%d endpoints)", key, port, len(sp.endpoints))
+
+    def _families(self, sp: ServicePort) -> list[tuple[int, str]]:
+        families = []
+        if _needs_v4(sp):
+            families.append((_socket.AF_INET, self.listen.ipv4))
+        if _needs_v6(sp) and self.listen.ipv6 and self.ipv6_ready:
+            families.append((_socket.AF_INET6, self.listen.ipv6))
+        return families
+
+    @staticmethod
+    def _bind(protocol: Protocol, family: int, addr: str, port: int) -> _socket.socket:
+        kind = _socket.SOCK_STREAM if protocol is Protocol.TCP else _socket.SOCK_DGRAM
+        sock = _socket.socket(family, kind)
+        try:
+            if family == _socket.AF_INET6:
+                sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 1)
+            if kind == _socket.SOCK_STREAM:
+                # TIME_WAIT of the previous run must not block our stable port on restart.
+                sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+            sock.bind((addr, port))
+            if kind == _socket.SOCK_STREAM:
+                sock.listen(LISTEN_BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _update(self, key: ServicePortKey, sp: ServicePort) -> None:
+        service = self._services[key]
+        old = self._specs.get(key)
+        if old == sp:
+            return
+        service.balancer.update(sp.endpoints, sp.lb_policy, sp.session_affinity,
+                                sp.affinity_timeout)
+        if old is not None and not _needs_v6(old) and _needs_v6(sp) and self.listen.ipv6 \
+                and self.ipv6_ready:
+            try:
+                service.add_listener(self._bind(key.protocol, _socket.AF_INET6, self.listen.ipv6,
+                                                self._ports[key]))
+            except OSError as exc:
+                log.error("%s: cannot add IPv6 listener on port %d: %s", key, self._ports[key],
+                          exc)
+        self._specs[key] = sp
+
+    def _remove(self, key: ServicePortKey) -> None:
+        service = self._services.pop(key)
+        self._ports.pop(key, None)
+        self._specs.pop(key, None)
+        self.allocator.release(str(key))
+        service.close_listeners()
+        if isinstance(service, TcpService) and service.active:
+            service.stats.draining = 1
+            self._draining.append((key, service, time.monotonic() + self.drain_grace))
+            log.info("%s: removed, draining %d connections for %.0fs", key, service.active,
+                     self.drain_grace)
+
+    def _save_ports(self) -> None:
+        try:
+            self.allocator.save()
+        except OSError as exc:
+            log.warning("cannot persist proxy ports in %s: %s", self.state_dir, exc)
+
+    # -- routes --------------------------------------------------------------------------------
+
+    def sync_routes(self, vips: Iterable[str]) -> set[str]:
+        """Routes on the interface for VIPs the node cannot route (offline node)."""
+        return self.routes.sync(vips)
+
+    # -- observation ---------------------------------------------------------------------------
+
+    def stats(self) -> dict[ServicePortKey, ServiceStats]:
+        result = {}
+        for key, service, _ in self._draining:
+            result[key] = self._snapshot(service)
+        for key, service in self._services.items():
+            result[key] = self._snapshot(service)
+        return result
+
+    @staticmethod
+    def _snapshot(service: TcpService | UdpService) -> ServiceStats:
+        snap = service.stats.snapshot()
+        if isinstance(service, TcpService):
+            snap.active_connections = service.active
+        else:
+            snap.udp_sessions = len(service.sessions)
+        return snap
+
+    @property
+    def ports(self) -> dict[ServicePortKey, int]:
+        return dict(self._ports)
+
+    # -- housekeeping --------------------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        ticks = 0
+        while True:
+            gevent.sleep(HOUSEKEEPING_PERIOD)
+            ticks += 1
+            try:
+                self.housekeep(time.monotonic(), expire_affinity=ticks % 60 == 0)
+            except Exception:  # housekeeping must survive anything
+                log.exception("forwarding housekeeping failed")
+
+    def housekeep(self, now: float, expire_affinity: bool = False) -> None:
+        for service in self._services.values():
+            service.sweep(now)
+            if expire_affinity:
+                service.balancer.expire_affinity()
+        still = []
+        for key, service, deadline in self._draining:
+            service.sweep(now)
+            if not service.active or now >= deadline:
+                if service.active:
+                    log.info("%s: drain grace over, resetting %d connections", key,
+                             service.active)
+                service.abort_all()
+                service.stats.draining = 0
+                service.stats.draining_closed = 1
+            else:
+                still.append((key, service, deadline))
+        self._draining = still

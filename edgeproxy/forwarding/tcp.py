@@ -1,0 +1,510 @@
+"""TCP forwarding for one service port: listeners, dialing with failover, the byte relay.
+
+Shape (and why):
+
+* Accept runs as an io-watcher callback in the gevent hub: it accepts everything pending and
+  spawns one short-lived greenlet per connection for the setup (optional header peek, dial).
+  A slow or dead endpoint therefore never blocks accepting other clients (kube-proxy and
+  EdgeMesh dial inside the accept loop).
+* Dial: kube-proxy's attempt timeouts (250 ms, 500 ms, 1 s, 2 s), each attempt asking the
+  balancer again with ``reset_affinity`` so a dead endpoint is skipped; when every attempt fails
+  the client is closed with RST (SO_LINGER 0) and counted.
+* After the dial the greenlet ends. The relay is a state machine driven by io watchers, one
+  read watcher per socket (write watchers only while a peer is slow): no greenlet, no buffer and
+  no pipe is held by an idle connection, and a chunk costs one callback and two splice calls.
+* Half-close: EOF from one side becomes shutdown(SHUT_WR) on the other once the bytes in flight
+  are delivered; the other direction keeps flowing. A reset on either side closes both, passing
+  the reset on.
+* Limits: at most ``max_connections`` connections (accepting pauses, the kernel backlog queues
+  the rest: back-pressure instead of failure); EMFILE/ENFILE on accept pauses accepting with an
+  increasing back-off instead of spinning; an optional idle timeout checked by `sweep` with the
+  monotonic clock.
+"""
+
+from __future__ import annotations
+
+import _socket
+import errno
+import logging
+import os
+import struct
+import time
+import gevent
+from gevent.socket import wait_read, wait_write
+
+from edgeproxy.forwarding.balancer import Balancer, NoEndpointsError
+from edgeproxy.forwarding.splice import SPLICE_FLAGS, PipePool
+from edgeproxy.forwarding.stats import ServiceStats
+
+log = logging.getLogger(__name__)
+
+DIAL_TIMEOUTS = (0.25, 0.5, 1.0, 2.0)  # kube-proxy userspace EndpointDialTimeouts
+ACCEPT_BATCH = 64
+ACCEPT_BACKOFF_MIN = 0.05
+ACCEPT_BACKOFF_MAX = 1.0
+PEEK_LIMIT = 8192        # bytes of request head examined for the hash header
+PEEK_TIMEOUT = 1.0       # the client must send its request head within this time
+RELAY_ROUNDS = 4         # chunks moved per readiness callback before yielding to others
+FALLBACK_CHUNK = 256 * 1024
+
+_LINGER_RST = struct.pack("ii", 1, 0)
+_FATAL_ACCEPT = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_READ = 1
+_WRITE = 2
+_fallback_buffer = bytearray(FALLBACK_CHUNK)
+_fallback_view = memoryview(_fallback_buffer)
+
+
+def reset_close(sock: _socket.socket) -> None:
+    """Close with RST: the peer gets ECONNRESET at once instead of a polite FIN."""
+    try:
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, _LINGER_RST)
+    except OSError:
+        pass
+    sock.close()
+
+
+def peek_http_header(sock: _socket.socket, name: str, limit: int = PEEK_LIMIT,
+                     timeout: float = PEEK_TIMEOUT) -> bytes | None:
+    """The value of header ``name`` in the client's first request, read with MSG_PEEK so the
+    bytes are still forwarded; None when absent, not HTTP, or not sent in time (bounded)."""
+    deadline = time.monotonic() + timeout
+    wanted = name.lower().encode() + b":"
+    data = b""
+    while len(data) < limit:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        try:
+            wait_read(sock.fileno(), remaining)
+        except Exception:  # gevent's timeout: the client is silent (server-speaks-first)
+            return None
+        try:
+            new = sock.recv(limit, _socket.MSG_PEEK)
+        except BlockingIOError:
+            continue
+        except OSError:
+            return None
+        if not new or len(new) == len(data):
+            if not new:
+                return None
+            # Nothing new arrived yet: wait for more (the watcher fires again only on new data
+            # for a level-triggered socket that still has unread bytes, so sleep briefly).
+            gevent.sleep(0.005)
+            continue
+        data = new
+        end = data.find(b"\r\n\r\n")
+        head = data if end < 0 else data[:end]
+        for line in head.split(b"\r\n")[1:]:
+            if line.lower().startswith(wanted):
+                return line[len(wanted):].strip()
+        if end >= 0:
+            return None
+    return None
+
+
+class Half:
+    """One direction of a relay: bytes read from ``src`` are written to ``dst``."""
+
+    __slots__ = ("conn", "src", "dst", "src_fd", "dst_fd", "rw", "ww", "pipe", "inflight",
+                 "pending", "eof", "done", "use_splice")
+
+    def __init__(self, conn: "Connection", src: _socket.socket, dst: _socket.socket,
+                 loop, use_splice: bool) -> None:
+        self.conn = conn
+        self.src, self.dst = src, dst
+        self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
+        self.rw = loop.io(self.src_fd, _READ)
+        self.ww = None
+        self.pipe = None
+        self.inflight = 0        # bytes in self.pipe not yet written to dst
+        self.pending = b""       # fallback mode: bytes not yet written to dst
+        self.eof = False
+        self.done = False
+        self.use_splice = use_splice
+
+    def start(self) -> None:
+        self.rw.start(self.on_readable)
+
+    def stop(self) -> None:
+        self.rw.stop()
+        self.rw.close()
+        if self.ww is not None:
+            self.ww.stop()
+            self.ww.close()
+        if self.pipe is not None:
+            # Bytes may remain in the pipe on abort: never hand such a pipe to someone else.
+            pool = self.conn.service.pipes
+            if self.inflight:
+                pool.discard(self.pipe)
+            else:
+                pool.put(self.pipe)
+            self.pipe = None
+
+    # -- events --------------------------------------------------------------------------------
+
+    def on_readable(self) -> None:
+        try:
+            if self.use_splice:
+                self._splice_rounds()
+            else:
+                self._copy_rounds()
+        except OSError as exc:
+            if self.use_splice and exc.errno == errno.EINVAL and not self.inflight:
+                self.use_splice = False  # e.g. a socket type splice cannot handle
+                self.on_readable()
+                return
+            self.conn.abort(exc)
+
+    def on_writable(self) -> None:
+        try:
+            if self.pipe is not None and self.inflight:
+                self._drain_pipe()
+            elif self.pending:
+                sent = self.dst.send(self.pending)
+                self.pending = self.pending[sent:]
+                self.conn.count(self, sent)
+            if self.inflight or self.pending:
+                return
+            self.ww.stop()
+            if self.pipe is not None:
+                self.conn.service.pipes.put(self.pipe)
+                self.pipe = None
+            if self.eof:
+                self._finish()
+            else:
+                self.rw.start(self.on_readable)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.conn.abort(exc)
+
+    # -- splice path ---------------------------------------------------------------------------
+
+    def _splice_rounds(self) -> None:
+        pipes = self.conn.service.pipes
+        pipe = self.pipe
+        if pipe is None:
+            pipe = pipes.get()
+            if pipe is None:
+                self._copy_rounds()  # pool exhausted: copy through the shared buffer
+                return
+            self.pipe = pipe
+        self.conn.last_active = time.monotonic()
+        splice = os.splice
+        size = pipe.size
+        for _ in range(RELAY_ROUNDS):
+            try:
+                n = splice(self.src_fd, pipe.w, size, flags=SPLICE_FLAGS)
+            except BlockingIOError:
+                break
+            if n == 0:
+                self.eof = True
+                break
+            self.inflight = n
+            if not self._drain_pipe():
+                return  # dst is slow: keep the pipe, wait for writability
+            if n < size:
+                break  # the socket queue is (very likely) empty now: skip an EAGAIN round
+        self.pipe = None
+        pipes.put(pipe)
+        if self.eof:
+            self.rw.stop()
+            self._finish()
+
+    def _drain_pipe(self) -> bool:
+        """Write the pipe's bytes to dst; False (and writer armed) if dst would block."""
+        splice = os.splice
+        pipe = self.pipe
+        while self.inflight:
+            try:
+                m = splice(pipe.r, self.dst_fd, self.inflight, flags=SPLICE_FLAGS)
+            except BlockingIOError:
+                m = 0
+            if m == 0:
+                self._wait_writable()
+                return False
+            self.inflight -= m
+            self.conn.count(self, m)
+        return True
+
+    # -- copy fallback -------------------------------------------------------------------------
+
+    def _copy_rounds(self) -> None:
+        self.conn.last_active = time.monotonic()
+        for _ in range(RELAY_ROUNDS):
+            try:
+                n = self.src.recv_into(_fallback_buffer)
+            except BlockingIOError:
+                return
+            if n == 0:
+                self.eof = True
+                self.rw.stop()
+                self._finish()
+                return
+            try:
+                sent = self.dst.send(_fallback_view[:n])
+            except BlockingIOError:
+                sent = 0
+            self.conn.count(self, sent)
+            if sent < n:
+                self.pending = bytes(_fallback_view[sent:n])
+                self._wait_writable()
+                return
+
+    def _wait_writable(self) -> None:
+        self.rw.stop()
+        if self.ww is None:
+            self.ww = self.conn.service.loop.io(self.dst_fd, _WRITE)
+        self.ww.start(self.on_writable)
+
+    def _finish(self) -> None:
+        """src reached EOF and everything was delivered: half-close dst."""
+        self.done = True
+        try:
+            self.dst.shutdown(_socket.SHUT_WR)
+        except OSError:
+            pass
+        self.conn.half_done()
+
+
+class Connection:
+    """A relayed client <-> endpoint pair (after a successful dial)."""
+
+    __slots__ = ("service", "client", "upstream", "up", "down", "last_active", "closed")
+
+    def __init__(self, service: "TcpService", client: _socket.socket,
+                 upstream: _socket.socket) -> None:
+        self.service = service
+        self.client = client
+        self.upstream = upstream
+        use_splice = service.pipes.enabled
+        self.up = Half(self, client, upstream, service.loop, use_splice)
+        self.down = Half(self, upstream, client, service.loop, use_splice)
+        self.last_active = time.monotonic()
+        self.closed = False
+
+    def start(self) -> None:
+        self.up.start()
+        self.down.start()
+
+    def count(self, half: Half, n: int) -> None:
+        if half is self.up:
+            self.service.stats.bytes_in += n
+        else:
+            self.service.stats.bytes_out += n
+
+    def half_done(self) -> None:
+        if self.up.done and self.down.done:
+            self.close()
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        """Tear down both sides with RST so neither peer mistakes it for a clean end."""
+        if self.closed:
+            return
+        if exc is not None and not isinstance(exc, (ConnectionError, TimeoutError)):
+            log.debug("%s: relay error: %s", self.service.name, exc)
+        self._teardown(reset=True)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._teardown(reset=False)
+
+    def _teardown(self, reset: bool) -> None:
+        self.closed = True
+        self.up.stop()
+        self.down.stop()
+        if reset:
+            reset_close(self.client)
+            reset_close(self.upstream)
+        else:
+            self.client.close()
+            self.upstream.close()
+        self.service.connection_closed(self)
+
+
+class TcpService:
+    """Listeners and connections of one TCP service port."""
+
+    def __init__(self, name: str, balancer: Balancer, stats: ServiceStats, pipes: PipePool,
+                 max_connections: int = 10000, idle_timeout: float | None = None,
+                 dial_timeouts: tuple[float, ...] = DIAL_TIMEOUTS) -> None:
+        self.name = name
+        self.balancer = balancer
+        self.stats = stats
+        self.pipes = pipes
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.dial_timeouts = dial_timeouts
+        self.loop = gevent.get_hub().loop
+        self.listeners: list[tuple[_socket.socket, object]] = []
+        self.connections: set[Connection] = set()
+        self.pending = 0  # connections accepted, still dialing
+        self._paused = False
+        self._backoff = 0.0
+        self._backoff_timer = None
+        self.accepting = False
+
+    # -- listeners -----------------------------------------------------------------------------
+
+    def add_listener(self, sock: _socket.socket) -> None:
+        sock.setblocking(False)
+        watcher = self.loop.io(sock.fileno(), _READ)
+        self.listeners.append((sock, watcher))
+        if self.accepting and not self._paused:
+            watcher.start(self._on_accept, sock)
+
+    def start(self) -> None:
+        self.accepting = True
+        self._resume()
+
+    def _resume(self) -> None:
+        self._paused = False
+        for sock, watcher in self.listeners:
+            watcher.start(self._on_accept, sock)
+
+    def _pause(self) -> None:
+        self._paused = True
+        for _, watcher in self.listeners:
+            watcher.stop()
+
+    def close_listeners(self) -> None:
+        """Stop accepting at once (removed service); open connections keep running."""
+        self.accepting = False
+        if self._backoff_timer is not None:
+            self._backoff_timer.stop()
+            self._backoff_timer.close()
+            self._backoff_timer = None
+        for sock, watcher in self.listeners:
+            watcher.stop()
+            watcher.close()
+            sock.close()
+        self.listeners = []
+
+    @property
+    def active(self) -> int:
+        return len(self.connections) + self.pending
+
+    # -- accept --------------------------------------------------------------------------------
+
+    def _on_accept(self, lsock: _socket.socket) -> None:
+        family = lsock.family
+        for _ in range(ACCEPT_BATCH):
+            if self.active >= self.max_connections:
+                self._pause()  # back-pressure: the kernel backlog holds the rest
+                self.stats.accept_paused_total += 1
+                return
+            try:
+                fd, addr = lsock._accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in _FATAL_ACCEPT:
+                    self._accept_backoff(exc)
+                    return
+                continue  # ECONNABORTED and friends: that client is gone, keep going
+            self._backoff = 0.0
+            client = _socket.socket(family, _socket.SOCK_STREAM, 0, fd)
+            self.pending += 1
+            self.stats.connections_total += 1
+            gevent.spawn_raw(self._setup, client, addr[0])
+
+    def _accept_backoff(self, exc: OSError) -> None:
+        self.stats.accept_errors_total += 1
+        self._backoff = min(ACCEPT_BACKOFF_MAX, max(ACCEPT_BACKOFF_MIN, self._backoff * 2))
+        log.warning("%s: accept failed (%s); pausing accepts for %.2fs",
+                    self.name, os.strerror(exc.errno or 0), self._backoff)
+        self._pause()
+        timer = self._backoff_timer = self.loop.timer(self._backoff)
+        timer.start(self._backoff_over)
+
+    def _backoff_over(self) -> None:
+        if self._backoff_timer is not None:
+            self._backoff_timer.close()
+            self._backoff_timer = None
+        if self.accepting and self.active < self.max_connections:
+            self._resume()
+
+    # -- setup: peek + dial --------------------------------------------------------------------
+
+    def _setup(self, client: _socket.socket, client_ip: str) -> None:
+        upstream = None
+        try:
+            client.setblocking(False)
+            client.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            hash_key = None
+            balancer = self.balancer
+            if balancer.needs_http_header:
+                hash_key = peek_http_header(client, balancer.policy.http_header_name or "")
+            upstream = self._dial(client_ip, hash_key)
+        except Exception:  # never let one client's failure kill the hub's callback
+            log.exception("%s: connection setup failed", self.name)
+        self.pending -= 1
+        if upstream is None:
+            reset_close(client)
+            self.stats.connections_reset_total += 1
+            self._maybe_resume()
+            return
+        if not self.accepting and not self.listeners and self.stats.draining_closed:
+            # the service was removed and its drain already ended while we dialed
+            reset_close(client)
+            reset_close(upstream)
+            self._maybe_resume()
+            return
+        conn = Connection(self, client, upstream)
+        self.connections.add(conn)
+        conn.start()
+
+    def _dial(self, client_ip: str, hash_key: bytes | None) -> _socket.socket | None:
+        for attempt, timeout in enumerate(self.dial_timeouts):
+            try:
+                ep = self.balancer.next_endpoint(client_ip, reset_affinity=attempt > 0,
+                                                 hash_key=hash_key, attempt=attempt)
+            except NoEndpointsError:
+                return None
+            family = _socket.AF_INET6 if ":" in ep.ip else _socket.AF_INET
+            sock = _socket.socket(family, _socket.SOCK_STREAM)
+            sock.setblocking(False)
+            err = sock.connect_ex((ep.ip, ep.port))
+            if err == errno.EINPROGRESS:
+                try:
+                    wait_write(sock.fileno(), timeout)
+                    err = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+                except Exception:
+                    err = errno.ETIMEDOUT
+            if err == 0:
+                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+                return sock
+            sock.close()
+            self.stats.dial_failures_total += 1
+            log.info("%s: dial %s failed (attempt %d): %s", self.name, ep, attempt + 1,
+                     os.strerror(err))
+        return None
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def connection_closed(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self._maybe_resume()
+
+    def _maybe_resume(self) -> None:
+        if (self._paused and self.accepting and self._backoff_timer is None
+                and self.active < self.max_connections):
+            self._resume()
+
+    def sweep(self, now: float) -> int:
+        """Close connections idle longer than the idle timeout; returns how many."""
+        if not self.idle_timeout:
+            return 0
+        idle = [c for c in self.connections if now - c.last_active > self.idle_timeout]
+        for conn in idle:
+            conn.abort()
+        self.stats.idle_closed_total += len(idle)
+        return len(idle)
+
+    def abort_all(self) -> None:
+        for conn in list(self.connections):
+            conn.abort()
+
+
+__all__ = ["TcpService", "Connection", "DIAL_TIMEOUTS", "peek_http_header", "reset_close"]

@@ -1,0 +1,198 @@
+"""UDP forwarding for one service port: per-client sessions, whole datagrams, right source.
+
+* A session is keyed by the client's (ip, port) and owns an upstream socket ``connect()``ed to
+  the endpoint chosen for it (so the kernel filters replies to that endpoint and the balancer's
+  affinity/hash applies per client). It ends after ``timeout`` seconds without traffic either
+  way (monotonic clock, checked by `sweep`).
+* Replies are sent from the listener socket, which is bound to the listen address: the source
+  is exactly the address the DNAT rule sent the client to, and conntrack's un-NAT turns it back
+  into the VIP the client asked. (A wildcard-bound socket would answer from whatever address
+  routing picks and the client would drop the reply.)
+* Datagrams up to 65,507 bytes (IPv4) / 65,527 (IPv6) travel whole: one 64 KiB receive buffer
+  reused for every datagram (kube-proxy and EdgeMesh read 4 KiB and truncate).
+* Sessions are bounded; a new client beyond the bound has its datagram dropped and counted.
+* Everything runs in io-watcher callbacks: no greenlet per session, few allocations per datagram.
+"""
+
+from __future__ import annotations
+
+import _socket
+import errno
+import logging
+import time
+
+import gevent
+
+from edgeproxy.forwarding.balancer import Balancer, NoEndpointsError
+from edgeproxy.forwarding.stats import ServiceStats
+
+log = logging.getLogger(__name__)
+
+MAX_DATAGRAM = 65535
+RECV_BATCH = 64  # datagrams handled per readiness callback before yielding to other sockets
+_READ = 1
+
+
+class Session:
+    __slots__ = ("service", "client", "listener", "sock", "watcher", "last_active")
+
+    def __init__(self, service: "UdpService", client: tuple, listener: _socket.socket,
+                 sock: _socket.socket) -> None:
+        self.service = service
+        self.client = client
+        self.listener = listener
+        self.sock = sock
+        self.watcher = service.loop.io(sock.fileno(), _READ)
+        self.last_active = time.monotonic()
+        self.watcher.start(service._on_reply, self)
+
+    def close(self) -> None:
+        self.watcher.stop()
+        self.watcher.close()
+        self.sock.close()
+
+
+class UdpService:
+    """Listeners and sessions of one UDP service port."""
+
+    def __init__(self, name: str, balancer: Balancer, stats: ServiceStats,
+                 timeout: float = 300.0, max_sessions: int = 10000) -> None:
+        self.name = name
+        self.balancer = balancer
+        self.stats = stats
+        self.timeout = timeout
+        self.max_sessions = max_sessions
+        self.loop = gevent.get_hub().loop
+        self.listeners: list[tuple[_socket.socket, object]] = []
+        self.sessions: dict[tuple, Session] = {}
+        self._buf = bytearray(MAX_DATAGRAM)
+        self._view = memoryview(self._buf)
+        self.accepting = False
+
+    def add_listener(self, sock: _socket.socket) -> None:
+        sock.setblocking(False)
+        watcher = self.loop.io(sock.fileno(), _READ)
+        self.listeners.append((sock, watcher))
+        if self.accepting:
+            watcher.start(self._on_datagram, sock)
+
+    def start(self) -> None:
+        self.accepting = True
+        for sock, watcher in self.listeners:
+            watcher.start(self._on_datagram, sock)
+
+    def close_listeners(self) -> None:
+        """Removal: UDP has nothing to drain, so sessions end with the listeners."""
+        self.accepting = False
+        for sock, watcher in self.listeners:
+            watcher.stop()
+            watcher.close()
+            sock.close()
+        self.listeners = []
+        self.abort_all()
+
+    def abort_all(self) -> None:
+        for session in list(self.sessions.values()):
+            session.close()
+        self.sessions.clear()
+        self.stats.udp_sessions = 0
+
+    @property
+    def active(self) -> int:
+        return len(self.sessions)
+
+    # -- client -> endpoint --------------------------------------------------------------------
+
+    def _on_datagram(self, lsock: _socket.socket) -> None:
+        buf, view, sessions, stats = self._buf, self._view, self.sessions, self.stats
+        now = time.monotonic()
+        for _ in range(RECV_BATCH):
+            try:
+                n, addr = lsock.recvfrom_into(buf)
+            except BlockingIOError:
+                return
+            except OSError:
+                continue
+            session = sessions.get(addr)
+            if session is None:
+                session = self._open(lsock, addr)
+                if session is None:
+                    stats.udp_dropped_total += 1
+                    continue
+            session.last_active = now
+            try:
+                session.sock.send(view[:n])
+            except BlockingIOError:
+                stats.udp_dropped_total += 1
+                continue
+            except OSError:
+                # ICMP unreachable from the endpoint surfaces here: drop the session so the next
+                # datagram picks again (with affinity reset), as a failed dial would for TCP.
+                stats.udp_dropped_total += 1
+                stats.dial_failures_total += 1
+                self._close(session)
+                continue
+            stats.udp_datagrams_in += 1
+            stats.bytes_in += n
+
+    def _open(self, lsock: _socket.socket, addr: tuple) -> Session | None:
+        if len(self.sessions) >= self.max_sessions:
+            self.sweep(time.monotonic())
+            if len(self.sessions) >= self.max_sessions:
+                return None
+        try:
+            ep = self.balancer.next_endpoint(addr[0])
+        except NoEndpointsError:
+            return None
+        family = _socket.AF_INET6 if ":" in ep.ip else _socket.AF_INET
+        sock = _socket.socket(family, _socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        try:
+            sock.connect((ep.ip, ep.port))
+        except OSError as exc:
+            sock.close()
+            self.stats.dial_failures_total += 1
+            log.info("%s: cannot reach %s: %s", self.name, ep, exc)
+            return None
+        session = Session(self, addr, lsock, sock)
+        self.sessions[addr] = session
+        self.stats.udp_sessions = len(self.sessions)
+        self.stats.udp_sessions_total += 1
+        return session
+
+    # -- endpoint -> client --------------------------------------------------------------------
+
+    def _on_reply(self, session: Session) -> None:
+        buf, view, stats = self._buf, self._view, self.stats
+        sock, listener, client = session.sock, session.listener, session.client
+        session.last_active = time.monotonic()
+        for _ in range(RECV_BATCH):
+            try:
+                n = sock.recv_into(buf)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno == errno.ECONNREFUSED:
+                    stats.dial_failures_total += 1
+                self._close(session)
+                return
+            try:
+                listener.sendto(view[:n], client)
+            except OSError:
+                stats.udp_dropped_total += 1
+                continue
+            stats.udp_datagrams_out += 1
+            stats.bytes_out += n
+
+    def _close(self, session: Session) -> None:
+        if self.sessions.get(session.client) is session:
+            del self.sessions[session.client]
+        session.close()
+        self.stats.udp_sessions = len(self.sessions)
+
+    def sweep(self, now: float) -> int:
+        """Close sessions idle for longer than the timeout."""
+        idle = [s for s in self.sessions.values() if now - s.last_active > self.timeout]
+        for session in idle:
+            self._close(session)
+        return len(idle)
