@@ -216,6 +216,9 @@ class Demo:
         self.p.say("$ ip netns exec node " + " ".join(
             ["edgeproxy", *self.daemon.command()[len(tb.edgeproxy_argv()):]]))
         self.daemon.start()
+        if not tb.kernel_has_dummy(self.topo.node):
+            self.p.say("note: this kernel has no dummy interface module; the demo pre-created "
+                       "edgeproxy0 as an empty bridge")
         try:
             took = self.daemon.wait_ready(timeout=30)
         except tb.DaemonError as exc:

@@ -357,6 +357,31 @@ class DaemonError(RuntimeError):
     """`edgeproxy run` did not start or answer; the message carries the end of its log."""
 
 
+LISTEN_INTERFACE = "edgeproxy0"
+_DUMMY_SUPPORT: dict[str, bool] = {}
+
+
+def kernel_has_dummy(ns: NetNS) -> bool:
+    """Whether `ip link add … type dummy` works (some VM kernels ship without the module)."""
+    if ns.name not in _DUMMY_SUPPORT:
+        probe = ns.run(["ip", "link", "add", "epprobe0", "type", "dummy"], check=False)
+        _DUMMY_SUPPORT[ns.name] = probe.returncode == 0
+        if probe.returncode == 0:
+            ns.run(["ip", "link", "del", "epprobe0"], check=False)
+    return _DUMMY_SUPPORT[ns.name]
+
+
+def stand_in_listen_interface(node: NetNS) -> bool:
+    """On a kernel without the dummy module, pre-create edgeproxy0 as a port-less bridge (it holds
+    local addresses the same way) so the daemon finds its interface; True when it did so.
+    edgeproxy itself needs the dummy module, as EdgeMesh does."""
+    if kernel_has_dummy(node):
+        return False
+    if node.run(["ip", "link", "show", LISTEN_INTERFACE], check=False).returncode != 0:
+        node.run(["ip", "link", "add", LISTEN_INTERFACE, "type", "bridge"])
+    return True
+
+
 def edgeproxy_argv() -> list[str]:
     """How to run edgeproxy: $EDGEPROXY_BIN when set (an installed package, a release binary),
     else this checkout's package with the running interpreter."""
@@ -392,6 +417,7 @@ class Daemon:
 
     def start(self) -> "Daemon":
         self.workdir.mkdir(parents=True, exist_ok=True)
+        stand_in_listen_interface(self.node)
         self._log = open(self.log_path, "ab")
         nofile = self.nofile
 
