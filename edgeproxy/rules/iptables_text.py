@@ -9,7 +9,7 @@ moves ``-d``/``-p`` in front of the matches) cannot make a correct rule look wro
 
 from __future__ import annotations
 
-import shlex
+import re
 from dataclasses import dataclass, field
 
 BUILTIN_CHAINS = {
@@ -30,15 +30,38 @@ _BASE_OPTIONS = {
 }
 
 
+_NEEDS_QUOTES = re.compile(r'[\s"\\]')
+
+
 def quote(token: str) -> str:
-    """Quote a token the way iptables-save does (double quotes, only when needed)."""
-    if token and all(c.isalnum() or c in "-_./:[],=!" for c in token):
+    """Quote a token for iptables-restore: only when it is empty or holds whitespace, a quote
+    or a backslash (restore splits on whitespace and honours double quotes)."""
+    if token and not _NEEDS_QUOTES.search(token):
         return token
     return '"' + token.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def format_rule(tokens: tuple[str, ...] | list[str]) -> str:
+    line = " ".join(tokens)
+    if _NEEDS_QUOTES.search(line) is None or all(t and not _NEEDS_QUOTES.search(t)
+                                                  for t in tokens):
+        return line
     return " ".join(quote(t) for t in tokens)
+
+
+# iptables-save quotes with double quotes and backslash escapes only; a regex split is ~30x
+# faster than shlex on a 20,000-rule table.
+_TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
+_UNESCAPE = re.compile(r"\\(.)")
+
+
+def split_rule(line: str) -> list[str]:
+    if '"' not in line:
+        return line.split()
+    tokens = []
+    for quoted, bare in _TOKEN.findall(line):
+        tokens.append(_UNESCAPE.sub(r"\1", quoted) if bare == "" else bare)
+    return tokens
 
 
 def _address(value: str) -> str:
@@ -123,8 +146,14 @@ class Rule:
 class Table:
     name: str
     chains: dict[str, list[Rule]] = field(default_factory=dict)  # declaration order
+    # Set by the iptables backend's reader: our chains' rules as raw save lines (quotes
+    # removed in ``raw``), their ``chains`` entries then stay empty.
+    raw: dict[str, list[str]] | None = None
+    raw_lines: dict[str, list[str]] | None = None
 
     def rules(self, chain: str) -> list[Rule]:
+        if self.raw_lines is not None and chain in self.raw_lines:
+            return [Rule(chain, tuple(split_rule(line)[2:])) for line in self.raw_lines[chain]]
         return self.chains.get(chain, [])
 
 
@@ -166,10 +195,9 @@ def parse_save(text: str, into: dict[str, Table] | None = None) -> dict[str, Tab
             else:
                 table.chains[chain] = []  # declaring a user chain flushes it, even --noflush
             continue
-        try:
-            tokens = shlex.split(line)
-        except ValueError as exc:
-            raise ParseError(f"line {lineno}: {exc}: {line}") from None
+        if line.count('"') % 2:
+            raise ParseError(f"line {lineno}: unbalanced quotes: {line}")
+        tokens = split_rule(line)
         op, chain, rest = tokens[0], tokens[1] if len(tokens) > 1 else "", tokens[2:]
         if op in ("-A", "--append"):
             table.chains.setdefault(chain, []).append(Rule(chain, tuple(rest)))
@@ -192,6 +220,8 @@ def parse_save(text: str, into: dict[str, Table] | None = None) -> dict[str, Tab
             table.chains[chain] = []
         elif op in ("-X", "--delete-chain"):
             table.chains.pop(chain, None)
+        elif op in ("-P", "--policy"):
+            table.chains.setdefault(chain, [])  # `iptables -S` prints policies this way
         elif op in ("-N", "--new-chain"):
             table.chains.setdefault(chain, [])
         else:

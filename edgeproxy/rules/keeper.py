@@ -36,9 +36,14 @@ def _udp_targets(ruleset: RuleSet | None) -> dict[tuple[str | None, int], str]:
 
 class RuleKeeper:
     def __init__(self, backend: Backend, check_period: float = 1.0,
-                 flush: Flusher | None = None) -> None:
+                 flush: Flusher | None = None, full_check_every: int = 10) -> None:
         if check_period <= 0:
             raise ValueError("check_period must be positive")
+        # Most periods only look at the jumps (what kube-proxy and cleanups break, a few ms);
+        # every `full_check_every`-th period compares every rule (hundreds of ms at 10,000
+        # services). A wrong jump always triggers the full check and repair at once.
+        self.full_check_every = max(1, full_check_every)
+        self.checks_total = 0
         self.backend = backend
         self.check_period = check_period
         self.flush = flush or flush_udp_flows
@@ -76,13 +81,17 @@ class RuleKeeper:
             self._flush(changed)
             return True
 
-    def check_once(self) -> list[str]:
+    def check_once(self, quick: bool = False) -> list[str]:
         """One check-and-repair pass (what the greenlet runs every period)."""
         with self._lock:
             if self.ruleset is None:
                 return []
+            self.checks_total += 1
             try:
-                repairs = self.backend.check_and_repair(self.ruleset)
+                if quick:
+                    repairs = self.backend.check_and_repair(self.ruleset, quick=True)
+                else:
+                    repairs = self.backend.check_and_repair(self.ruleset)
             except Exception as exc:  # noqa: BLE001
                 self.apply_errors_total += 1
                 log.error("checking rules with backend %s failed: %s", self.backend.name, exc)
@@ -97,9 +106,11 @@ class RuleKeeper:
             return repairs
 
     def _loop(self) -> None:
+        n = 0
         while True:
             gevent.sleep(self.check_period)
-            self.check_once()
+            n += 1
+            self.check_once(quick=n % self.full_check_every != 0)
 
     def start(self) -> None:
         if self._greenlet is None or self._greenlet.dead:

@@ -43,9 +43,11 @@ def test_kube_proxy_jump_inserted_later_at_rule_one_is_repaired(netns, flavor):
     backend = make_backend(flavor, namespace_runner(netns.name))
     rs = _ruleset()
     backend.apply(rs)
+    assert backend.quick_check(rs)
     install_kube_proxy(netns, flavor, at_top=True)  # kube-proxy (re)starts after us
     assert targets(netns, flavor, "PREROUTING")[0] == "KUBE-SERVICES"
-    repairs = backend.check_and_repair(rs)
+    assert not backend.quick_check(rs)
+    repairs = backend.check_and_repair(rs, quick=True)
     assert any("PREROUTING" in r for r in repairs) and any("OUTPUT" in r for r in repairs)
     for chain in ("PREROUTING", "OUTPUT"):
         order = targets(netns, flavor, chain)
@@ -150,8 +152,10 @@ def test_nftables_backend_runs_before_kube_proxy_table_and_leaves_it_alone(netns
     netns.run(["nft", "flush", "chain", "ip", "edgeproxy", "KUBE-PORTALS-HOST"])
     assert backend.check_and_repair(rs)
     assert backend.check_and_repair(rs) == []
+    assert backend.quick_check(rs)
     netns.run(["nft", "delete", "table", "ip", "edgeproxy"])
-    assert any("missing" in r for r in backend.check_and_repair(rs))
+    assert not backend.quick_check(rs)
+    assert any("missing" in r for r in backend.check_and_repair(rs, quick=True))
     assert netns.run(["nft", "list", "table", "ip", "kube-proxy"]).stdout == before
     report = backend.cleanup()
     assert report.ok and len(report.removed) == 2

@@ -30,13 +30,15 @@ class FakeBackend:
         self.applied = []
         self.broken = False
         self.fail_apply = False
+        self.checks: list[bool] = []
 
     def apply(self, ruleset) -> None:
         if self.fail_apply:
             raise RuntimeError("iptables-restore failed")
         self.applied.append(ruleset)
 
-    def check_and_repair(self, ruleset) -> list[str]:
+    def check_and_repair(self, ruleset, quick=False) -> list[str]:
+        self.checks.append(quick)
         if self.broken:
             self.broken = False
             return ["nat PREROUTING: jumps after KUBE-SERVICES"]
@@ -110,3 +112,14 @@ def test_kube_proxy_jump_at_rule_one_repaired_within_period_plus_one_second(netn
         report = keeper.stop(cleanup=True)
     assert report is not None and report.ok
     assert targets(netns, flavor, "PREROUTING") == ["KUBE-SERVICES"]
+
+
+def test_periodic_checks_are_quick_with_a_full_one_every_nth():
+    backend = FakeBackend()
+    keeper = RuleKeeper(backend, check_period=0.01, flush=lambda t: 0, full_check_every=3)
+    keeper.update(_rs())
+    keeper.start()
+    while len(backend.checks) < 6:
+        gevent.sleep(0.01)
+    keeper.stop(cleanup=False)
+    assert backend.checks[:6] == [True, True, False, True, True, False]

@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""Benchmark: applying edgeproxy's capture rules for 10,000 service ports, per backend.
+
+Each measurement runs in a fresh network namespace (nothing on the host changes) and is set
+against a floor measured in the same run on the same text:
+  * floor       `iptables-{legacy,nft}-restore --noflush` / `nft -f` of the rendered text alone
+  * full sync   backend.apply(ruleset) on an empty namespace (reads the live table, plans the
+                jumps, restores); target < 1 s and < 2x the floor
+  * one change  backend.apply() with one service's port changed among N; floor = restore of
+                that same text onto the populated table (legacy rewrites the whole table)
+  * repair      full check_and_repair() after KUBE-PORTALS-CONTAINER was flushed behind our back
+  * check       full check when all is right (what the keeper does every 10th period)
+  * quick       quick check when all is right (the keeper's other periods: jumps only)
+  * q+fix       quick check that finds kube-proxy's jump ahead of ours (nftables: our table
+                deleted) and repairs it: the latency behind "repaired within period + 1 s"
+  * python-iptables: the same DNAT rules built as iptc objects, one commit (legacy only), the
+                alternative we did not take
+  * linearity   full sync at N and N/10: the ratio should stay near 10 (not grow faster)
+
+Usage: sudo .venv/bin/python bench/rules_apply.py [--services 10000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edgeproxy.model import ListenAddresses, Protocol, ServicePort, ServicePortKey  # noqa: E402
+from edgeproxy.netns import NetNS, netns_unavailable_reason  # noqa: E402
+from edgeproxy.rules.backends import make_backend, namespace_runner  # noqa: E402
+from edgeproxy.rules.render import render_rules  # noqa: E402
+
+LISTEN = ListenAddresses()
+
+
+def make_state(n: int, changed: bool = False):
+    ports, proxy = {}, {}
+    for i in range(n):
+        key = ServicePortKey("bench", f"svc-{i}", "", Protocol.TCP if i % 4 else Protocol.UDP)
+        port = 8080 if changed and i == n // 2 else 80
+        ip = f"198.19.{i // 250}.{i % 250 + 1}"
+        ports[key] = ServicePort(key, port, (ip,))
+        proxy[key] = 61000 + i % 4000
+    return ports, proxy
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def best(fn_setup, fn, repeat: int) -> float:
+    """Median over `repeat` fresh namespaces; fn_setup(ns) returns the callable's argument."""
+    times = []
+    for _ in range(repeat):
+        with NetNS("bench") as ns:
+            arg = fn_setup(ns)
+            times.append(timed(lambda: fn(ns, arg)))
+    return statistics.median(times)
+
+
+def restore_floor(ns: NetNS, flavor: str, text: str) -> None:
+    ns.run([f"iptables-{flavor}-restore", "--noflush", "-w", "5"], input=text, timeout=120)
+
+
+def bench_iptables(flavor: str, rs, rs_changed, repeat: int) -> dict[str, float]:
+    text = rs.restore_text(4, "nat") + rs.restore_text(4, "filter")
+    changed_text = rs_changed.restore_text(4, "nat")
+    r: dict[str, float] = {}
+    r["floor"] = best(lambda ns: None, lambda ns, _: restore_floor(ns, flavor, text), repeat)
+    r["full"] = best(lambda ns: make_backend(flavor, namespace_runner(ns.name)),
+                     lambda ns, b: b.apply(rs), repeat)
+
+    def populated(ns):
+        b = make_backend(flavor, namespace_runner(ns.name))
+        b.apply(rs)
+        return b
+    r["change_floor"] = best(populated,
+                             lambda ns, _: restore_floor(ns, flavor, changed_text), repeat)
+    r["change"] = best(populated, lambda ns, b: b.apply(rs_changed), repeat)
+
+    def flushed(ns):
+        b = populated(ns)
+        ns.run([f"iptables-{flavor}", "-w", "5", "-t", "nat", "-F", "KUBE-PORTALS-CONTAINER"])
+        return b
+    r["repair"] = best(flushed, lambda ns, b: b.check_and_repair(rs), repeat)
+    r["check_ok"] = best(populated, lambda ns, b: b.check_and_repair(rs), repeat)
+    r["quick"] = best(populated, lambda ns, b: b.check_and_repair(rs, quick=True), repeat)
+
+    def kube_ahead(ns):
+        b = populated(ns)
+        for chain in ("PREROUTING", "OUTPUT"):
+            ns.run([f"iptables-{flavor}", "-w", "5", "-t", "nat", "-N", "KUBE-SERVICES"],
+                   check=False)
+            ns.run([f"iptables-{flavor}", "-w", "5", "-t", "nat", "-I", chain, "1",
+                    "-j", "KUBE-SERVICES"])
+        return b
+    r["reorder"] = best(kube_ahead, lambda ns, b: b.check_and_repair(rs, quick=True), repeat)
+    return r
+
+
+def bench_nftables(rs, rs_changed, repeat: int) -> dict[str, float]:
+    text = rs.nft_text(4)
+    r: dict[str, float] = {}
+    r["floor"] = best(lambda ns: None,
+                      lambda ns, _: ns.run(["nft", "-f", "-"], input=text, timeout=120), repeat)
+    r["full"] = best(lambda ns: make_backend("nftables", namespace_runner(ns.name)),
+                     lambda ns, b: b.apply(rs), repeat)
+
+    def populated(ns):
+        b = make_backend("nftables", namespace_runner(ns.name))
+        b.apply(rs)
+        return b
+    changed_text = rs_changed.nft_text(4)
+    r["change_floor"] = best(populated, lambda ns, _: ns.run(["nft", "-f", "-"],
+                                                            input=changed_text), repeat)
+    r["change"] = best(populated, lambda ns, b: b.apply(rs_changed), repeat)
+
+    def flushed(ns):
+        b = populated(ns)
+        ns.run(["nft", "flush", "chain", "ip", "edgeproxy", "KUBE-PORTALS-CONTAINER"])
+        return b
+    r["repair"] = best(flushed, lambda ns, b: b.check_and_repair(rs), repeat)
+    r["check_ok"] = best(populated, lambda ns, b: b.check_and_repair(rs), repeat)
+    r["quick"] = best(populated, lambda ns, b: b.check_and_repair(rs, quick=True), repeat)
+
+    def deleted(ns):
+        b = populated(ns)
+        ns.run(["nft", "delete", "table", "ip", "edgeproxy"])
+        return b
+    r["reorder"] = best(deleted, lambda ns, b: b.check_and_repair(rs, quick=True), repeat)
+    return r
+
+
+def bench_python_iptables(ports, proxy) -> float:
+    """The same container-chain DNAT rules as python-iptables objects, committed once."""
+    import iptc
+
+    with NetNS("bench") as ns, ns.entered():
+        start = time.perf_counter()
+        table = iptc.Table(iptc.Table.NAT)
+        table.autocommit = False
+        chain = table.create_chain("KUBE-PORTALS-CONTAINER")
+        for key in sorted(ports):
+            sp = ports[key]
+            rule = iptc.Rule()
+            rule.dst = f"{sp.cluster_ips[0]}/32"
+            rule.protocol = key.protocol.value.lower()
+            comment = rule.create_match("comment")
+            comment.comment = key.comment
+            match = rule.create_match(rule.protocol)
+            match.dport = str(sp.port)
+            target = rule.create_target("DNAT")
+            target.to_destination = f"{LISTEN.ipv4}:{proxy[key]}"
+            chain.append_rule(rule)
+        table.commit()
+        table.autocommit = True
+        elapsed = time.perf_counter() - start
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--services", type=int, default=10000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip-python-iptables", action="store_true")
+    args = parser.parse_args()
+    reason = netns_unavailable_reason()
+    if reason:
+        print(f"cannot run: {reason}", file=sys.stderr)
+        return 2
+    n = args.services
+    ports, proxy = make_state(n)
+    changed_ports, _ = make_state(n, changed=True)
+    render_time = timed(lambda: render_rules(ports, proxy, LISTEN))
+    rs = render_rules(ports, proxy, LISTEN)
+    rs_changed = render_rules(changed_ports, proxy, LISTEN)
+    small_ports, small_proxy = make_state(n // 10)
+    rs_small = render_rules(small_ports, small_proxy, LISTEN)
+    rules = sum(len(r) for _, r in rs.chains[(4, "nat")])
+    print(f"{n} service ports -> {rules} nat rules; pure render {render_time * 1000:.0f} ms")
+    print(f"{'backend':10} {'floor':>8} {'full':>8} {'ratio':>6} {'chg-floor':>9} {'change':>8} "
+          f"{'ratio':>6} {'repair':>8} {'check':>8} {'quick':>6} {'q+fix':>7} {'N/(N/10)':>8}")
+    results = {}
+    for name in ("legacy", "nft", "nftables"):
+        if name == "nftables":
+            r = bench_nftables(rs, rs_changed, args.repeat)
+            small = best(lambda ns: make_backend(name, namespace_runner(ns.name)),
+                         lambda ns, b: b.apply(rs_small), args.repeat)
+        else:
+            r = bench_iptables(name, rs, rs_changed, args.repeat)
+            small = best(lambda ns: make_backend(name, namespace_runner(ns.name)),
+                         lambda ns, b: b.apply(rs_small), args.repeat)
+        results[name] = r
+        ms = lambda s: f"{s * 1000:.0f}ms"  # noqa: E731
+        print(f"{name:10} {ms(r['floor']):>8} {ms(r['full']):>8} "
+              f"{r['full'] / r['floor']:>5.2f}x {ms(r['change_floor']):>9} {ms(r['change']):>8} "
+              f"{r['change'] / r['change_floor']:>5.2f}x {ms(r['repair']):>8} "
+              f"{ms(r['check_ok']):>8} {ms(r['quick']):>6} {ms(r['reorder']):>7} "
+              f"{r['full'] / small:>7.1f}x")
+    if not args.skip_python_iptables:
+        try:
+            pyipt = bench_python_iptables(ports, proxy)
+        except Exception as exc:  # noqa: BLE001 - report, do not fail the other figures
+            print(f"python-iptables: failed: {exc}")
+        else:
+            floor = results["legacy"]["floor"]
+            print(f"python-iptables objects ({n} rules, one commit): {pyipt * 1000:.0f} ms = "
+                  f"{pyipt / floor:.1f}x the legacy restore floor")
+    print("targets: full < 1 s and ratio < 2x; change ratio < 2x; N/(N/10) <= ~10 (linear); "
+          "q+fix < 1 s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
