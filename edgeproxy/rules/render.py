@@ -113,12 +113,14 @@ class RuleSet:
     def jumps(self, table: str) -> tuple[Jump, ...]:
         return tuple(j for j in JUMPS if j.table == table)
 
-    def restore_text(self, family: int, table: str, jump_lines: list[str] | None = None) -> str:
+    def restore_text(self, family: int, table: str, jump_lines: list[str] | None = None,
+                     only_chains: "set[str] | None" = None) -> str:
         """iptables-restore --noflush text that rebuilds our chains of ``table``.
 
         The ``:CHAIN - [0:0]`` lines create or flush only our chains; nothing else is touched.
         ``jump_lines`` are the jump edits a backend computed from the live table; by default
         the jumps are inserted at the top, as on a node where they do not exist yet.
+        ``only_chains`` limits the rebuild to those chains (a repair of a jump rewrites none).
         """
         body = self._lines.get((family, table))
         if body is None:
@@ -127,6 +129,10 @@ class RuleSet:
             for name, rules in chains.items():
                 body += [f"-A {name} {format_rule(spec)}" for spec in rules]
             self._lines[(family, table)] = body
+        if only_chains is not None:
+            body = [line for line in body
+                    if line.split(" ", 2)[1 if line.startswith("-A") else 0].lstrip(":")
+                    in only_chains]
         lines = [f"*{table}", *body]
         if jump_lines is None:
             position: dict[str, int] = {}

@@ -75,10 +75,12 @@ class IptablesRestoreBackend:
         """(restore text or None when nothing to do, one description per problem found)."""
         where = f"{'ip6tables' if family == 6 else 'iptables'}-{self.flavor} {table}"
         problems: list[str] = []
+        broken: set[str] = set()  # our chains to rebuild
         wanted = ruleset.chain_rules(family, table)
         for chain, specs in wanted.items():
             if live is None or chain not in live.chains:
                 problems.append(f"{where}: chain {chain} missing")
+                broken.add(chain)
                 continue
             raw = live.raw.get(chain) if live.raw is not None else None
             if raw is not None:
@@ -97,6 +99,7 @@ class IptablesRestoreBackend:
                         continue
                 extra = Counter(raw) - Counter(expected)
                 lost = Counter(expected) - Counter(raw)
+                broken.add(chain)
                 problems.append(f"{where}: chain {chain} has {len(raw)} rules, "
                                 f"{sum(extra.values())} unexpected, {sum(lost.values())} "
                                 f"missing (expected {len(expected)})")
@@ -106,6 +109,7 @@ class IptablesRestoreBackend:
             if have != want:
                 extra = Counter(have) - Counter(want)
                 lost = Counter(want) - Counter(have)
+                broken.add(chain)
                 problems.append(f"{where}: chain {chain} has {len(have)} rules, "
                                 f"{sum(extra.values())} unexpected, {sum(lost.values())} "
                                 f"missing (expected {len(want)})")
@@ -118,7 +122,9 @@ class IptablesRestoreBackend:
                 jump_lines += lines
         if not force and not problems:
             return None, []
-        text = ruleset.restore_text(family, table, jump_lines=jump_lines)
+        # Only broken chains are flushed and refilled; a misplaced jump costs a two-line restore.
+        text = ruleset.restore_text(family, table, jump_lines=jump_lines,
+                                    only_chains=None if force else broken)
         return text, problems
 
     # -- Backend interface ----------------------------------------------------------------
