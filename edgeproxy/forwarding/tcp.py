@@ -403,7 +403,6 @@ class TcpService:
                     self._accept_backoff(exc)
                     return
                 continue  # ECONNABORTED and friends: that client is gone, keep going
-            self._backoff = 0.0
             client = _socket.socket(family, _socket.SOCK_STREAM, 0, fd)
             self.pending += 1
             self.stats.connections_total += 1
@@ -411,8 +410,10 @@ class TcpService:
 
     def _accept_backoff(self, exc: OSError) -> None:
         self.stats.accept_errors_total += 1
+        first = self._backoff == 0.0
         self._backoff = min(ACCEPT_BACKOFF_MAX, max(ACCEPT_BACKOFF_MIN, self._backoff * 2))
-        log.warning("%s: accept failed (%s); pausing accepts for %.2fs",
+        # Log the first failure of a series; the counter tells the rest.
+        (log.warning if first else log.debug)("%s: accept failed (%s); pausing accepts for %.2fs",
                     self.name, os.strerror(exc.errno or 0), self._backoff)
         self._pause()
         timer = self._backoff_timer = self.loop.timer(self._backoff)
@@ -451,6 +452,7 @@ class TcpService:
             reset_close(upstream)
             self._maybe_resume()
             return
+        self._backoff = 0.0  # a connection got through: descriptors are available again
         conn = Connection(self, client, upstream)
         self.connections.add(conn)
         conn.start()
@@ -463,7 +465,12 @@ class TcpService:
             except NoEndpointsError:
                 return None
             family = _socket.AF_INET6 if ":" in ep.ip else _socket.AF_INET
-            sock = _socket.socket(family, _socket.SOCK_STREAM)
+            try:
+                sock = _socket.socket(family, _socket.SOCK_STREAM)
+            except OSError as exc:  # EMFILE/ENFILE: no retry can succeed right now
+                self.stats.dial_failures_total += 1
+                log.warning("%s: cannot create a socket to dial %s: %s", self.name, ep, exc)
+                return None
             sock.setblocking(False)
             err = sock.connect_ex((ep.ip, ep.port))
             if err == errno.EINPROGRESS:
