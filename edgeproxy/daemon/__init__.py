@@ -1,0 +1,23 @@
+"""The edgeproxy daemon: wires the manifest catalog, the rule keeper and the proxy server together.
+
+Modules (one responsibility each):
+
+- `options`   the table of every setting: flag name, config-file field, type, default, help.
+- `durations` Go-style duration strings ("100ms", "1m30s") to seconds.
+- `config`    reads the YAML config file, validates it against schemas/config.schema.json and
+              merges it with the flags (flags win) into a `DaemonConfig`.
+- `logs`      one-line key=value / JSON logging, journald-aware, rate-limited per message.
+- `sdnotify`  the systemd NOTIFY_SOCKET datagram protocol (READY=1, WATCHDOG=1, STOPPING=1).
+- `runner`    kube-proxy's bounded-frequency runner as a greenlet.
+- `watcher`   watchdog observer -> gevent hub hand-off, symlinked-root aware.
+- `guard`     the mass-removal guard (pure decision).
+- `security`  manifest directory ownership/permission check.
+- `compute`   loading + validating + building the desired state off the hub (worker process).
+- `status`    the /status document and its text rendering (pure).
+- `metrics`   the prometheus-client collector reading plain counters.
+- `http`      the healthz/status and metrics WSGI apps.
+- `core`      the `Daemon` itself: start order, sync, signals, shutdown.
+
+Only `options` and `durations` may be imported by command modules at parser-building time: the
+rest pulls in gevent and must be imported after `edgeproxy run` monkey-patched.
+"""

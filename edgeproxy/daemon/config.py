@@ -1,0 +1,163 @@
+"""`edgeproxy run` settings: defaults < config file < flags, into one immutable `DaemonConfig`.
+
+The config file is YAML validated against schemas/config.schema.json (through the same
+validation entry point as the manifests), so a typo'd or mistyped field is an error naming the
+file and the field instead of a silently ignored setting. The config file must live outside the
+manifest directory: the manifest loader reads every *.yaml there, and a config file inside it
+would at best be counted as an ignored kind and at worst be edited by the mirror that feeds the
+manifests. We refuse that layout at start rather than guess.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from edgeproxy.daemon.options import OPTIONS, OptionError
+
+CONFIG_SCHEMA = "config.schema.json"
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; refuse surprises
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; str() is the complete message for the user."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    manifests: Path
+    service_filter_mode: str
+    iptables_backend: str
+    proxy_port_range: str
+    udp_timeout: float
+    tcp_idle_timeout: float  # 0 = no idle timeout
+    sync_period: float
+    min_sync_period: float
+    watch_debounce: float
+    rescan_period: float
+    healthz_bind_address: tuple[str, int]
+    metrics_bind_address: tuple[str, int]
+    log_format: str
+    verbosity: int
+    allow_insecure_manifests: bool
+    cleanup_on_exit: bool
+    drain_grace: float
+    max_removal_ratio: float
+    state_dir: Path
+    max_connections_per_service: int
+    listen_address: str
+    listen_address_v6: str
+    listen_interface: str
+    config_file: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly view for /status (flags spelled as in the config file)."""
+        out: dict[str, Any] = {}
+        for option in OPTIONS:
+            value = getattr(self, option.dest)
+            if isinstance(value, tuple):
+                value = f"{value[0]}:{value[1]}"
+            elif isinstance(value, Path):
+                value = str(value)
+            out[option.key] = value
+        out["configFile"] = str(self.config_file) if self.config_file else None
+        return out
+
+
+def _validate(document: Any) -> list[tuple[str, str]]:
+    try:
+        from edgeproxy.manifests.validation import validate_instance
+    except ImportError:  # TEMPORARY until the foundation's validation module lands
+        import json
+
+        import jsonschema
+
+        schema_path = Path(__file__).resolve().parents[2] / "schemas" / CONFIG_SCHEMA
+        schema = json.loads(schema_path.read_text())
+        validator = jsonschema.Draft202012Validator(
+            schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+        return [(".".join(str(p) for p in error.absolute_path), error.message)
+                for error in validator.iter_errors(document)]
+    return list(validate_instance(CONFIG_SCHEMA, document))
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The validated mapping of a config file; ConfigError naming file and field otherwise."""
+    import yaml
+
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path}: larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        documents = [doc for doc in yaml.load_all(data, Loader=getattr(yaml, "CSafeLoader",
+                                                                          yaml.SafeLoader))
+                     if doc is not None]
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: not valid YAML: {exc}") from None
+    if not documents:
+        return {}
+    if len(documents) > 1:
+        raise ConfigError(f"config file {path}: expected one YAML document, found "
+                          f"{len(documents)}")
+    document = documents[0]
+    if not isinstance(document, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of settings, found "
+                          f"{type(document).__name__}")
+    problems = _validate(document)
+    if problems:
+        lines = [f"config file {path}: {field or '(top level)'}: {message}"
+                 for field, message in problems]
+        raise ConfigError("\n".join(lines))
+    return document
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.relative_to(parent)
+    except ValueError:
+        return False
+    return True
+
+
+def build_config(args: argparse.Namespace | Mapping[str, Any]) -> DaemonConfig:
+    """Merge defaults, the config file named by ``--config`` and the given flags (flags win)."""
+    given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    config_path = Path(given["config"]) if given.get("config") else None
+    file_values: dict[str, Any] = read_config_file(config_path) if config_path else {}
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        flag_value = given.get(option.dest)
+        try:
+            if flag_value is not None:
+                values[option.dest] = option.parse(flag_value, option.flag)
+            elif option.key in file_values:
+                values[option.dest] = option.parse(file_values[option.key],
+                                                   f"config file {config_path}: {option.key}")
+            else:
+                values[option.dest] = option.parse(option.default, f"default of {option.flag}")
+        except OptionError as exc:
+            raise ConfigError(str(exc)) from None
+    values["manifests"] = Path(values["manifests"])
+    values["state_dir"] = Path(values["state_dir"])
+    if values["min_sync_period"] > values["rescan_period"] > 0:
+        raise ConfigError("--iptables-min-sync-period must not exceed --rescan-period")
+    if values["sync_period"] <= 0:
+        raise ConfigError("--iptables-sync-period must be greater than 0")
+    if config_path is not None:
+        resolved_config = config_path.resolve()
+        resolved_root = values["manifests"].resolve()
+        if _inside(resolved_config, resolved_root) or _inside(
+                config_path.absolute(), values["manifests"].absolute()):
+            raise ConfigError(
+                f"config file {config_path} is inside the manifest directory "
+                f"{values['manifests']}: everything there is read as manifests and may be "
+                "rewritten by the mirror that feeds them; put it elsewhere, e.g. "
+                "/etc/edgeproxy.yaml")
+    known = {f.name for f in fields(DaemonConfig)}
+    return DaemonConfig(config_file=config_path, **{k: v for k, v in values.items() if k in known})

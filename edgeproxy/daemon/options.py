@@ -1,0 +1,226 @@
+"""Every setting of `edgeproxy run` in one table: flag, config-file field, type, default, help.
+
+The table is the single source for the argparse flags, for merging the config file (flags win),
+and for the test that keeps schemas/config.schema.json in step with the flags. Stdlib only: it
+is imported while the CLI parser is built, before gevent monkey-patches anything.
+
+Flag names follow kube-proxy where kube-proxy has the setting (`--healthz-bind-address`,
+`--iptables-sync-period`, `--udp-timeout`, `--proxy-port-range`, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from edgeproxy.daemon.durations import DurationError, parse_duration
+
+FILTER_MODES = ("FilterIfLabelExists", "FilterIfLabelDoesNotExists")
+BACKENDS = ("auto", "legacy", "nft", "nftables")
+LOG_FORMATS = ("text", "json")
+
+
+class OptionError(ValueError):
+    """A setting has a bad value; the message names the setting."""
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """'127.0.0.1:10266', '[::1]:10266' or ':10266' (all addresses) -> (host, port)."""
+    value = str(text).strip()
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:10266)")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range 0-65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host == "":
+        host = "0.0.0.0"
+    ipaddress.ip_address(host)  # raises ValueError naming the address
+    return host, port
+
+
+def _port_range(text: str) -> str:
+    """kube-proxy syntax 'A-B' or 'A+N' (or '' for kernel-chosen); checked here, parsed later."""
+    value = str(text).strip()
+    if value == "":
+        return value
+    for sep in ("-", "+"):
+        if sep in value:
+            left, _, right = value.partition(sep)
+            if left.isdigit() and right.isdigit():
+                first = int(left)
+                last = int(right) if sep == "-" else first + int(right)
+                if 1 <= first <= last <= 65535:
+                    return value
+    raise ValueError(f"{text!r} is not a port range (e.g. 61000-64999 or 61000+3999)")
+
+
+def _ratio(value: Any) -> float:
+    ratio = float(value)
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"{value!r} is not between 0 and 1")
+    return ratio
+
+
+def _positive_int(value: Any) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{value!r} must be at least 1")
+    return number
+
+
+def _verbosity(value: Any) -> int:
+    number = int(value)
+    if not 0 <= number <= 10:
+        raise ValueError(f"{value!r} is not between 0 and 10")
+    return number
+
+
+def _ipv4(value: Any) -> str:
+    return str(ipaddress.IPv4Address(str(value)))
+
+
+def _ipv6_or_empty(value: Any) -> str:
+    return "" if str(value) == "" else str(ipaddress.IPv6Address(str(value)))
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"{value!r} is not true or false")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting. ``convert`` turns a flag string, a config value or the default (written as a
+    user would write it) into the typed value."""
+
+    dest: str  # attribute name on DaemonConfig and argparse namespace
+    flag: str  # long flag
+    key: str  # config-file field (camelCase, like KubeProxyConfiguration)
+    default: Any
+    convert: Callable[[Any], Any]
+    help: str
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    is_bool: bool = False
+
+    def parse(self, value: Any, origin: str) -> Any:
+        """Typed value, or OptionError naming the flag or field the value came from."""
+        if self.choices is not None and value not in self.choices:
+            raise OptionError(f"{origin}: {value!r} is not one of {', '.join(self.choices)}")
+        try:
+            return self.convert(value)
+        except (ValueError, TypeError, DurationError) as exc:
+            raise OptionError(f"{origin}: {exc}") from None
+
+
+def _duration_option(dest: str, flag: str, key: str, default: str, help: str) -> Option:
+    return Option(dest, flag, key, default, parse_duration,
+                  f"{help} (Go duration, e.g. 100ms, 1s, 5m; default {default})", "DURATION")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("manifests", "--manifests", "manifests", "/etc/edgeproxy", str,
+           "directory of Service/Endpoints/EndpointSlice manifests to serve "
+           "(default /etc/edgeproxy)", "DIR"),
+    Option("service_filter_mode", "--service-filter-mode", "serviceFilterMode",
+           "FilterIfLabelExists", str,
+           "EdgeMesh label filter: skip services carrying the service-proxy-name label "
+           "(FilterIfLabelExists, default) or proxy only those (FilterIfLabelDoesNotExists)",
+           choices=FILTER_MODES),
+    Option("iptables_backend", "--iptables-backend", "iptablesBackend", "auto", str,
+           "rule backend: auto (detect like kube-proxy), legacy, nft or nftables",
+           choices=BACKENDS),
+    Option("proxy_port_range", "--proxy-port-range", "proxyPortRange", "61000-64999",
+           _port_range,
+           "local ports for the proxy listeners, A-B or A+N; '' lets the kernel choose "
+           "(default 61000-64999, outside ip_local_port_range)", "RANGE"),
+    _duration_option("udp_timeout", "--udp-timeout", "udpTimeout", "30s",
+                     "idle time after which a UDP client session is closed"),
+    _duration_option("tcp_idle_timeout", "--tcp-idle-timeout", "tcpIdleTimeout", "0s",
+                     "close TCP connections idle this long; 0 means never"),
+    _duration_option("sync_period", "--iptables-sync-period", "iptablesSyncPeriod", "1s",
+                     "how often the chains are checked and repaired (order behind kube-proxy, "
+                     "missing chains); /healthz fails when a change waits twice this long"),
+    _duration_option("min_sync_period", "--iptables-min-sync-period", "iptablesMinSyncPeriod",
+                     "100ms", "minimum time between two syncs of manifests to rules"),
+    _duration_option("watch_debounce", "--watch-debounce", "watchDebounce", "50ms",
+                     "wait this long after a file event for more events before syncing"),
+    _duration_option("rescan_period", "--rescan-period", "rescanPeriod", "30s",
+                     "full rescan of the manifest directory as a safety net for missed events"),
+    Option("healthz_bind_address", "--healthz-bind-address", "healthzBindAddress",
+           "127.0.0.1:10266", parse_host_port,
+           "HOST:PORT for /healthz, /readyz, /status and POST /confirm-removal "
+           "(default 127.0.0.1:10266; kube-proxy uses 10256); port 0 disables", "HOST:PORT"),
+    Option("metrics_bind_address", "--metrics-bind-address", "metricsBindAddress",
+           "127.0.0.1:10259", parse_host_port,
+           "HOST:PORT for /metrics (default 127.0.0.1:10259; kube-proxy uses 10249); "
+           "port 0 disables", "HOST:PORT"),
+    Option("log_format", "--log-format", "logFormat", "text", str,
+           "text (key=value) or json, one line per event", choices=LOG_FORMATS),
+    Option("verbosity", "--v", "verbosity", 0, _verbosity,
+           "log verbosity: 0 info, 1+ debug (also -v, -vv)", "N"),
+    Option("allow_insecure_manifests", "--allow-insecure-manifests", "allowInsecureManifests",
+           False, _bool,
+           "run as root even when the manifest directory is writable by group/other or owned "
+           "by another user (anyone who can write there steers this node's traffic)",
+           is_bool=True),
+    Option("cleanup_on_exit", "--cleanup-on-exit", "cleanupOnExit", True, _bool,
+           "remove the rules on SIGTERM so kube-proxy takes the traffic back "
+           "(--no-cleanup-on-exit keeps them)", is_bool=True),
+    _duration_option("drain_grace", "--drain-grace", "drainGrace", "30s",
+                     "on removal of a service and on exit, let open TCP connections finish "
+                     "for this long"),
+    Option("max_removal_ratio", "--max-removal-ratio", "maxRemovalRatio", 0.5, _ratio,
+           "hold a sync that would remove more than this share of the proxied service ports "
+           "until an operator runs `edgeproxy confirm-removal` (default 0.5; 1 disables)",
+           "RATIO"),
+    Option("state_dir", "--state-dir", "stateDir", "/run/edgeproxy", str,
+           "where proxy-port allocations are kept across restarts (default /run/edgeproxy)",
+           "DIR"),
+    Option("max_connections_per_service", "--max-connections-per-service",
+           "maxConnectionsPerService", 10000, _positive_int,
+           "concurrent TCP connections per service port before new ones wait (default 10000)",
+           "N"),
+    Option("listen_address", "--listen-address", "listenAddress", "169.254.96.17", _ipv4,
+           "IPv4 address on the edgeproxy interface the listeners bind and the rules DNAT to",
+           "IP"),
+    Option("listen_address_v6", "--listen-address-v6", "listenAddressV6", "fd65:6467:6570::1",
+           _ipv6_or_empty, "IPv6 listen address ('' disables IPv6 capture)", "IP"),
+    Option("listen_interface", "--listen-interface", "listenInterface", "edgeproxy0", str,
+           "dummy interface holding the listen addresses (default edgeproxy0)", "NAME"),
+)
+
+OPTIONS_BY_DEST = {option.dest: option for option in OPTIONS}
+OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every option as a flag. Defaults stay None so merging can tell 'not given'."""
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="YAML configuration file (schemas/config.schema.json); flags win "
+                             "over it. Must not be inside the manifest directory.")
+    for option in OPTIONS:
+        if option.is_bool:
+            parser.add_argument(option.flag, dest=option.dest, default=None,
+                                action=argparse.BooleanOptionalAction, help=option.help)
+        elif option.dest == "verbosity":
+            parser.add_argument("-v", dest="verbosity", action="count", default=None,
+                                help="more verbose logs (repeatable)")
+            parser.add_argument(option.flag, dest="verbosity", type=int, default=None,
+                                metavar=option.metavar, help=option.help)
+        else:
+            parser.add_argument(option.flag, dest=option.dest, default=None,
+                                choices=option.choices, metavar=option.metavar, help=option.help)
+
+
+def describe_default(option: Option) -> str:
+    """The default as a user would write it (for docs and the example config)."""
+    if isinstance(option.default, bool):
+        return "true" if option.default else "false"
+    return str(option.default)
