@@ -141,31 +141,51 @@ class IptablesRestoreBackend:
             else:
                 self._remove_family(family)
 
-    def quick_check(self, ruleset: RuleSet) -> bool:
-        """True when every jump is in place (``-S`` of the built-in chains only: a few ms where
-        a full save of a 20,000-rule table takes hundreds). Deleting one of our chains needs
-        its jumps removed first, so this also notices `kube-proxy --cleanup`."""
+    def _probe_jumps(self, ruleset: RuleSet) -> tuple[bool, dict, list[str]]:
+        """Look at the built-in chains only (``-S``: a few ms where a full save of a
+        20,000-rule table takes hundreds). Returns (all right, {(family, table): jump edit
+        lines}, problems); the edits are only offered when every jump exists and merely sits
+        in the wrong place or twice, so our chains themselves were not touched."""
+        edits: dict[tuple[int, str], list[str]] = {}
+        problems: list[str] = []
+        fixable = True
         for family in ruleset.families:
-            tool = "iptables" if family == 4 else "ip6tables"
+            tool = f"{'iptables' if family == 4 else 'ip6tables'}-{self.flavor}"
             for table in ruleset.tables(family):
                 if not self._table_exists(family, table):
-                    return False
+                    return False, {}, [f"{tool} {table}: table missing"]
                 for chain in dict.fromkeys(j.chain for j in ruleset.jumps(table)):
-                    res = self.run([f"{tool}-{self.flavor}", "-w", LOCK_WAIT, "-t", table,
-                                    "-S", chain])
+                    res = self.run([tool, "-w", LOCK_WAIT, "-t", table, "-S", chain])
                     if res.returncode != 0:
-                        return False
+                        return False, {}, [f"{tool} {table}: cannot list {chain}"]
                     live = parse_save(f"*{table}\n{res.stdout}COMMIT\n")[table]
                     wanted = [j.tokens for j in ruleset.jumps(table) if j.chain == chain]
-                    if jump_edits(live, chain, wanted)[1]:
-                        return False
-        return True
+                    lines, why = jump_edits(live, chain, wanted)
+                    if why:
+                        problems.append(f"{tool} {table}: {chain}: {why}")
+                        edits.setdefault((family, table), []).extend(lines)
+                        have = {r.key() for r in live.rules(chain)}
+                        if not all(Rule(chain, w).key() in have for w in wanted):
+                            fixable = False  # a jump is gone: maybe its chain too
+        return not problems, (edits if fixable else {}), problems
+
+    def quick_check(self, ruleset: RuleSet) -> bool:
+        """True when every jump is in place. Deleting one of our chains needs its jumps
+        removed first, so this also notices `kube-proxy --cleanup` and EdgeMesh's exit."""
+        return self._probe_jumps(ruleset)[0]
 
     def check_and_repair(self, ruleset: RuleSet, quick: bool = False) -> list[str]:
-        """Repairs made (empty when all was right). ``quick``: only look at the jumps, and do
-        the full check when they are wrong."""
-        if quick and self.quick_check(ruleset):
-            return []
+        """Repairs made (empty when all was right). ``quick``: only look at the jumps; a jump
+        that is merely misplaced (kube-proxy re-inserted its own at rule 1) is moved with a
+        restore of the jump lines alone, anything else gets the full check."""
+        if quick:
+            ok, edits, problems = self._probe_jumps(ruleset)
+            if ok:
+                return []
+            if edits:
+                for (family, table), lines in edits.items():
+                    self.restore(family, f"*{table}\n" + "\n".join(lines) + "\nCOMMIT\n")
+                return problems
         repairs: list[str] = []
         for family in ruleset.families:
             for table in ruleset.tables(family):
@@ -250,7 +270,9 @@ def jump_edits(live: Table | None, chain: str,
         why = "jump(s) missing or altered"
     else:
         why = "jumps out of order"
-    lines = [f"-D {chain} {i + 1}" for i in reversed(ours)]
+    # Delete by rule spec, not number: another writer between our read and this restore then
+    # cannot make us delete its rule (a spec matches only a jump to our chain).
+    lines = [f"-D {chain} {format_rule(rules[i].tokens)}" for i in ours]
     remaining = [r for i, r in enumerate(rules) if i not in set(ours)]
     kube_after = next((i for i, r in enumerate(remaining) if r.target == KUBE_SERVICES), None)
     # Right before kube-proxy's jump (not rule 1: others, e.g. Calico, keep their top spot);
@@ -270,8 +292,8 @@ def removal_text(live: Table | None, table: str) -> tuple[str | None, list[str]]
         if chain in ALL_OWN_CHAINS:
             continue
         idx = [i for i, r in enumerate(rules) if r.target in ALL_OWN_CHAINS]
-        for i in reversed(idx):
-            lines.append(f"-D {chain} {i + 1}")
+        for i in idx:  # by spec: safe against rules inserted meanwhile
+            lines.append(f"-D {chain} {format_rule(rules[i].tokens)}")
             removed.append(f"jump {chain} -> {rules[i].target}")
     for chain in OWN_CHAINS.get(table, ()):
         if chain in live.chains:
