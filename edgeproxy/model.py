@@ -202,3 +202,37 @@ class ListenAddresses:
     ipv4: str = "169.254.96.17"
     ipv6: str | None = "fd65:6467:6570::1"
     interface: str = "edgeproxy0"
+
+
+# --- Added by the foundation (issue 2): what the manifest loader hands to the state builder. ---
+
+
+@dataclass(frozen=True)
+class LoadLimits:
+    """Bounds on what one manifest file may cost to load (all configurable, defaults like etcd)."""
+
+    max_document_bytes: int = 1536 * 1024  # etcd's object limit; per kind: List item too
+    max_file_bytes: int = 64 * 1024 * 1024  # a `kubectl get -o yaml` dump of a big cluster
+    max_alias_expansion: int = 100_000  # nodes aliases may add beyond the document's own nodes
+    max_depth: int = 16  # directory depth below the root
+    max_files: int = 100_000  # files per root
+
+
+@dataclass(frozen=True, eq=False)
+class KubeObject:
+    """One loaded manifest object. ``body`` is the parsed document: treat it as read-only.
+
+    Compared by identity (``eq=False``): an unchanged file keeps serving the very same objects,
+    which lets the state builder reuse what it derived from them.
+    """
+
+    kind: str
+    api_version: str
+    namespace: str  # DEFAULT_NAMESPACE when metadata.namespace is omitted
+    name: str
+    source: SourceRef
+    body: Mapping
+
+    @property
+    def identity(self) -> tuple[str, str, str]:
+        return (self.kind, self.namespace, self.name)

@@ -1,0 +1,120 @@
+"""`edgeproxy validate PATH...`: load manifests like the daemon does and report what it would do.
+
+Exit status: 0 every document is valid, 1 any error (including a PATH that does not exist),
+2 usage error (argparse). Only argparse is imported at module level (see cli.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+FILTER_MODES = ("FilterIfLabelExists", "FilterIfLabelDoesNotExists")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "validate", help="validate manifests and show which services would be proxied",
+        description="Load Service, Endpoints, EndpointSlice and DestinationRule manifests from "
+                    "files or directories, report every error (file, document, field) and the "
+                    "verdict for every Service. Exit 0 when all documents are valid, 1 otherwise.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="manifest file or directory")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                   help="text for people (default) or one JSON object")
+    p.add_argument("--service-filter-mode", choices=FILTER_MODES, default=FILTER_MODES[0],
+                   help="EdgeMesh label mode for service.edgemesh.kubeedge.io/service-proxy-name "
+                        "(default FilterIfLabelExists: labelled services are skipped)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
+    from edgeproxy.manifests import load_objects
+    from edgeproxy.model import FilterMode
+    from edgeproxy.state import build_state
+
+    objects, errors = load_objects([Path(p) for p in args.paths])
+    state = build_state(objects, FilterMode(args.service_filter_mode), errors)
+    report = build_report(objects, state)
+    if args.output == "json":
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_text(report, state))
+    return 0 if report["valid"] else 1
+
+
+def build_report(objects, state) -> dict:
+    """The `-o json` object (see docs/manifests.md for the shape)."""
+    from edgeproxy.state.filtering import service_vips
+
+    bodies = {(o.source.file, o.source.document): o.body for o in objects if o.kind == "Service"}
+    services = []
+    for verdict in state.services:
+        body = bodies.get((verdict.source.file, verdict.source.document)) or {}
+        spec = body.get("spec") or {}
+        ports = []
+        for p in spec.get("ports") or []:
+            name = p.get("name") or ""
+            protocol = p.get("protocol") or "TCP"
+            proxied = next((sp for key, sp in state.ports.items()
+                            if sp.source == verdict.source and key.port_name == name
+                            and key.protocol.value == protocol), None) \
+                if verdict.verdict.value == "proxy" else None
+            entry = {
+                "name": name,
+                "port": p.get("port"),
+                "protocol": protocol,
+                "vips": list(proxied.vips) if proxied else list(service_vips(spec)),
+                "endpoints": [str(e) for e in proxied.endpoints] if proxied else [],
+                "proxied": proxied is not None,
+            }
+            ports.append(entry)
+        services.append({
+            "file": verdict.source.file,
+            "document": verdict.source.document,
+            "namespace": verdict.namespace,
+            "name": verdict.name,
+            "verdict": verdict.verdict.value,
+            "reason": verdict.reason.value if verdict.reason else None,
+            "ports": ports,
+        })
+    return {
+        "valid": not state.errors,
+        "errors": [e.to_dict() for e in state.errors],
+        "services": services,
+        "conflicts": [{"what": c.what, "winner": str(c.winner), "loser": str(c.loser)}
+                      for c in state.conflicts],
+        "ignoredKinds": dict(sorted(state.ignored_kinds.items())),
+    }
+
+
+def render_text(report: dict, state) -> str:
+    lines = []
+    for err in state.errors:
+        lines.append(f"error: {err}")
+    for svc in report["services"]:
+        head = f"{svc['namespace']}/{svc['name']} ({svc['file']}#{svc['document']})"
+        if svc["verdict"] == "skip":
+            lines.append(f"skip   {head}: {svc['reason']}")
+            continue
+        lines.append(f"proxy  {head}")
+        for p in svc["ports"]:
+            label = f"{p['name'] or '-'} {p['port']}/{p['protocol']}"
+            if not p["proxied"]:
+                why = "SCTP is not proxied" if p["protocol"] == "SCTP" else "lost a VIP conflict"
+                lines.append(f"         {label}: not proxied ({why})")
+                continue
+            backends = ", ".join(p["endpoints"]) or "no ready endpoints"
+            lines.append(f"         {label} on {', '.join(p['vips'])} -> {backends}")
+    for c in report["conflicts"]:
+        lines.append(f"conflict: {c['what']}: {c['winner']} wins over {c['loser']}")
+    if report["ignoredKinds"]:
+        ignored = ", ".join(f"{k} x{n}" for k, n in report["ignoredKinds"].items())
+        lines.append(f"ignored kinds: {ignored}")
+    proxied = sum(1 for s in report["services"] if s["verdict"] == "proxy")
+    lines.append(f"{len(report['services'])} services ({proxied} proxied, "
+                 f"{len(state.ports)} service ports), {len(state.errors)} errors")
+    return "\n".join(lines) + "\n"

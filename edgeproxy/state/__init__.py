@@ -1,0 +1,7 @@
+"""The desired state: filtering (``filtering``) and assembly (``builder``) of validated objects."""
+
+from __future__ import annotations
+
+from .builder import build_state
+
+__all__ = ["build_state"]
