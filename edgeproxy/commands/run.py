@@ -1,0 +1,61 @@
+"""`edgeproxy run`: the daemon (see edgeproxy.daemon and docs/daemon.md)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from edgeproxy.daemon.options import add_arguments
+
+    parser = subparsers.add_parser(
+        "run", help="run the proxy daemon on a manifest directory",
+        description="Watch the manifest directory, keep the nat chains ahead of kube-proxy and "
+                    "forward every proxied service port. Durations are Go style (100ms, 1s, 5m).")
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # gevent first: everything imported after this (sockets, subprocess, threading, watchdog)
+    # must be the cooperative version.
+    from gevent import monkey
+
+    monkey.patch_all()
+
+    import logging
+    import os
+    import sys
+
+    from edgeproxy.daemon.config import ConfigError, build_config
+    from edgeproxy.daemon.logs import configure_logging, log_event
+
+    try:
+        config = build_config(args)
+    except ConfigError as exc:
+        print(f"edgeproxy run: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_format, config.verbosity)
+    log = logging.getLogger("edgeproxy.daemon")
+    if os.geteuid() == 0 and not config.allow_insecure_manifests:
+        from edgeproxy.daemon.security import MAX_REPORTED, insecure_paths
+
+        problems = insecure_paths(config.manifests)
+        if problems:
+            for line in problems[:MAX_REPORTED]:
+                log_event(log, logging.ERROR, "insecure manifest path", problem=line)
+            print(f"edgeproxy run: refusing to serve {config.manifests}: {len(problems)} "
+                  "path(s) are writable by group/other or owned by another user than root, "
+                  "and whoever can write there steers this node's traffic. Fix with "
+                  f"`chown -R root: {config.manifests} && chmod -R go-w {config.manifests}` "
+                  "or pass --allow-insecure-manifests.", file=sys.stderr)
+            return 1
+    from edgeproxy.daemon.core import Daemon
+
+    daemon = Daemon(config)
+    try:
+        return daemon.run_forever()
+    except OSError as exc:  # e.g. healthz port in use, no permission for the interface
+        log_event(log, logging.ERROR, "cannot start", error=str(exc))
+        print(f"edgeproxy run: cannot start: {exc}", file=sys.stderr)
+        return 1

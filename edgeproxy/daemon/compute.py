@@ -1,0 +1,48 @@
+"""Load, validate and build the desired state off the gevent hub.
+
+The catalog (foundation) keeps per-file caches and last-good objects, so it lives for the whole
+daemon. Parsing thousands of documents is seconds of CPU: `StateComputer.compute` runs it in
+gevent's native thread pool, so the hub keeps serving connections and watchdog pings while it
+runs (the GIL is still shared; the interpreter's 5 ms switch interval lets the hub in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from edgeproxy.model import DesiredState, FilterMode, ManifestError
+
+
+@dataclass(frozen=True)
+class Computed:
+    state: DesiredState
+    root_error: str | None
+    file_count: int
+    files: Mapping[str, Any] = field(default_factory=dict)
+    errors: tuple[ManifestError, ...] = ()
+
+
+class StateComputer:
+    def __init__(self, root: Path, filter_mode: FilterMode) -> None:
+        from edgeproxy.manifests.catalog import ManifestCatalog
+
+        self.root = root
+        self.filter_mode = filter_mode
+        self.catalog = ManifestCatalog(root, keep_last_good=True)
+
+    def compute_blocking(self, changed: Iterable[Path] | None) -> Computed:
+        from edgeproxy.state import build_state
+
+        snapshot = self.catalog.refresh(None if changed is None else list(changed))
+        state = build_state(snapshot.objects, self.filter_mode, snapshot.errors)
+        files = dict(getattr(snapshot, "files", {}) or {})
+        return Computed(state=state, root_error=getattr(snapshot, "root_error", None),
+                        file_count=len(files), files=files, errors=tuple(snapshot.errors))
+
+    def compute(self, changed: Iterable[Path] | None) -> Computed:
+        import gevent
+
+        changed_list = None if changed is None else list(changed)
+        return gevent.get_hub().threadpool.apply(self.compute_blocking, (changed_list,))

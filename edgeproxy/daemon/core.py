@@ -1,0 +1,332 @@
+"""The daemon: start order, the sync loop, the mass-removal guard, signals and shutdown.
+
+Start: compute the state from every manifest, start the listeners (ProxyServer.reconcile), apply
+the rules (RuleKeeper.update), start watching and the repair loop, then report ready
+(READY=1, /readyz 200). A manifest error never stops the start: the valid rest is served.
+
+One sync (run by the bounded-frequency runner, never two at once):
+  1. the catalog re-reads what changed (off the hub), the state is built from it;
+  2. the mass-removal guard may hold it (the last-good state keeps being served);
+  3. listeners for the union of old and new service ports, so a new rule never DNATs to a
+     closed port; rules rendered (off the hub) from the new state only and applied;
+  4. listeners of removed service ports closed last (they drain for --drain-grace).
+
+Signals: SIGHUP rescans everything and re-applies the rules; SIGUSR1 confirms a held removal;
+SIGTERM/SIGINT hand the traffic back (rules removed unless --no-cleanup-on-exit), stop accepting,
+drain up to --drain-grace, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import gevent
+import gevent.event
+
+from edgeproxy.daemon import guard, sdnotify
+from edgeproxy.daemon.config import DaemonConfig
+from edgeproxy.daemon.logs import log_event
+from edgeproxy.daemon.runner import BoundedFrequencyRunner
+from edgeproxy.model import DesiredState, FilterMode, ListenAddresses
+
+log = logging.getLogger("edgeproxy.daemon")
+
+# Sync duration histogram buckets (seconds): from one changed file to a 10,000-service reload.
+SYNC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class DaemonCounters:
+    """Plain numbers the collector and /status read (no prometheus objects in the core)."""
+
+    syncs_total: int = 0
+    sync_errors_total: int = 0
+    holds_total: int = 0
+    sync_duration_sum: float = 0.0
+    sync_duration_buckets: list[int] = field(default_factory=lambda: [0] * len(SYNC_BUCKETS))
+    last_sync_seconds: float = 0.0
+
+
+def listen_addresses(config: DaemonConfig) -> ListenAddresses:
+    return ListenAddresses(ipv4=config.listen_address, ipv6=config.listen_address_v6 or None,
+                           interface=config.listen_interface)
+
+
+def default_factories(config: DaemonConfig) -> dict[str, Callable[[], Any]]:
+    """The real pieces; tests pass fakes that follow the same interfaces."""
+
+    def computer():
+        from edgeproxy.daemon.compute import StateComputer
+
+        return StateComputer(config.manifests, FilterMode(config.service_filter_mode))
+
+    def proxy():
+        from edgeproxy.forwarding.ports import PortRange
+        from edgeproxy.forwarding.server import ProxyServer
+
+        return ProxyServer(listen_addresses(config), PortRange.parse(config.proxy_port_range),
+                           state_dir=config.state_dir, udp_timeout=config.udp_timeout,
+                           tcp_idle_timeout=config.tcp_idle_timeout or None,
+                           drain_grace=config.drain_grace,
+                           max_connections_per_service=config.max_connections_per_service)
+
+    def keeper():
+        from edgeproxy.rules.backends import select_backend
+        from edgeproxy.rules.keeper import RuleKeeper
+
+        return RuleKeeper(select_backend(config.iptables_backend), check_period=config.sync_period)
+
+    def render():
+        from edgeproxy.rules.render import render_rules
+
+        return render_rules
+
+    return {"computer": computer, "proxy": proxy, "keeper": keeper, "render": render}
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig,
+                 factories: dict[str, Callable[[], Any]] | None = None,
+                 watch: bool = True, environ: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.factories = {**default_factories(config), **(factories or {})}
+        self.watch = watch
+        self.environ = environ
+        self.listen = listen_addresses(config)
+        self.counters = DaemonCounters()
+        self.computer: Any = None
+        self.proxy: Any = None
+        self.keeper: Any = None
+        self.render: Any = None
+        self.watcher: Any = None
+        self.runner: BoundedFrequencyRunner | None = None
+        # What is being served (last good) and what the last computation said.
+        self.applied: DesiredState = DesiredState(ports={})
+        self.proxy_ports: dict = {}
+        self.last_computed: Any = None
+        self.held: guard.GuardDecision | None = None
+        self.confirm_requested = False
+        self.ready = False
+        self.started_at = time.time()
+        self.last_applied_wall: float | None = None  # for /healthz lastUpdated
+        self.queued_since: float | None = None  # monotonic: oldest change not yet applied
+        self._pending_paths: set[Path] | None = set()
+        self._full_rescan = True
+        self._force_apply = False
+        self._stopped = gevent.event.Event()
+        self._done = gevent.event.Event()
+        self.exit_code = 0
+        self.servers: list[Any] = []
+
+    # -- change intake -------------------------------------------------------------------------
+    def request_sync(self, paths: set[Path] | None) -> None:
+        """Queue changed paths (None: rescan everything) and wake the runner."""
+        if paths is None:
+            self._full_rescan = True
+        elif self._pending_paths is not None:
+            self._pending_paths |= paths
+        if self.queued_since is None:
+            self.queued_since = time.monotonic()
+        if self.runner is not None:
+            self.runner.run()
+
+    def reload(self) -> None:
+        """SIGHUP: rescan every file and re-apply rules and listeners even if nothing changed."""
+        log_event(log, logging.INFO, "reload requested (SIGHUP)")
+        self._force_apply = True
+        self.request_sync(None)
+
+    def confirm_removal(self) -> bool:
+        """Operator confirmation for a held sync; True when something was held."""
+        if self.held is None:
+            return False
+        log_event(log, logging.WARNING, "removal confirmed by operator", reason=self.held.reason)
+        self.confirm_requested = True
+        self.request_sync(None)
+        return True
+
+    # -- sync ----------------------------------------------------------------------------------
+    def sync(self, periodic: bool = False) -> None:
+        start = time.monotonic()
+        queued_at = self.queued_since
+        full = self._full_rescan or periodic
+        paths = None if full else set(self._pending_paths or ())
+        self._full_rescan = False
+        self._pending_paths = set()
+        if full and self.watcher is not None:
+            self.watcher.reschedule()
+        try:
+            computed = self.computer.compute(paths)
+            self.last_computed = computed
+            self._apply(computed)
+        except Exception:
+            # Retry everything that was pending: the runner backs off and calls us again.
+            self._full_rescan = self._full_rescan or full
+            if paths is not None and self._pending_paths is not None:
+                self._pending_paths |= paths
+            self.counters.sync_errors_total += 1
+            raise
+        finally:
+            self._observe(time.monotonic() - start)
+        if self.queued_since == queued_at:
+            self.queued_since = None
+        self.last_applied_wall = time.time()
+
+    def _observe(self, seconds: float) -> None:
+        c = self.counters
+        c.syncs_total += 1
+        c.sync_duration_sum += seconds
+        c.last_sync_seconds = seconds
+        for i, bound in enumerate(SYNC_BUCKETS):
+            if seconds <= bound:
+                c.sync_duration_buckets[i] += 1
+
+    def _apply(self, computed: Any) -> None:
+        new = computed.state
+        confirmed = self.confirm_requested
+        decision = guard.evaluate(self.applied.ports, new.ports, self.config.max_removal_ratio,
+                                  computed.root_error, computed.file_count, confirmed)
+        if decision.hold:
+            if self.held is None or self.held.reason != decision.reason:
+                self.counters.holds_total += 1
+                log_event(log, logging.WARNING,
+                          "mass removal held; serving the last good state until confirmed "
+                          "(edgeproxy confirm-removal)", reason=decision.reason)
+            self.held = decision
+            return
+        if self.held is not None and not confirmed:
+            log_event(log, logging.INFO, "mass-removal hold cleared: the manifests recovered")
+        self.held = None
+        self.confirm_requested = False
+        old = self.applied
+        if new == old and not self._force_apply and self.proxy_ports:
+            self.applied = new  # same services, maybe new verdicts/errors for status
+            return
+        force, self._force_apply = self._force_apply, False
+        union = {**old.ports, **new.ports}
+        proxy_ports = self.proxy.reconcile(union)
+        wanted = {k: v for k, v in proxy_ports.items() if k in new.ports}
+        ruleset = gevent.get_hub().threadpool.apply(self.render, (new.ports, wanted, self.listen))
+        self.keeper.update(ruleset)
+        if any(k not in new.ports for k in union):
+            proxy_ports = self.proxy.reconcile(new.ports)
+        self.proxy_ports = {k: v for k, v in proxy_ports.items() if k in new.ports}
+        vips = {vip for sp in new.ports.values() for vip in sp.vips}
+        try:
+            self.proxy.sync_routes(vips)
+        except Exception as exc:  # noqa: BLE001 - routes matter only on offline nodes
+            log_event(log, logging.WARNING, "syncing routes failed", error=str(exc))
+        self.applied = new
+        added = len([k for k in new.ports if k not in old.ports])
+        removed = len([k for k in old.ports if k not in new.ports])
+        log_event(log, logging.INFO, "sync applied", ports=len(new.ports), added=added,
+                  removed=removed, errors=len(new.errors), forced=force or None)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Everything up to READY=1. Raises only for things that make running impossible."""
+        c = self.config
+        self.computer = self.factories["computer"]()
+        self.proxy = self.factories["proxy"]()
+        self.keeper = self.factories["keeper"]()
+        self.render = self.factories["render"]()
+        self.start_http()
+        self.proxy.start()
+        self.runner = BoundedFrequencyRunner(self.sync, c.min_sync_period, c.rescan_period,
+                                             debounce=c.watch_debounce)
+        try:
+            self.sync()
+        except Exception as exc:  # noqa: BLE001 - the runner retries; we still start
+            log_event(log, logging.ERROR, "initial sync failed; retrying",
+                      error=f"{type(exc).__name__}: {exc}")
+            self.request_sync(None)
+        self.keeper.start()
+        if self.watch:
+            from edgeproxy.daemon.watcher import DirectoryWatcher
+
+            self.watcher = DirectoryWatcher(c.manifests, self.request_sync)
+            try:
+                self.watcher.start()
+            except Exception as exc:  # noqa: BLE001 - the periodic rescan still covers us
+                log_event(log, logging.WARNING, "cannot watch the manifest directory; relying "
+                          "on the periodic rescan", error=str(exc))
+        self.runner.start()
+        self.ready = True
+        sdnotify.notify("READY=1\nSTATUS=serving", self.environ)
+        interval = sdnotify.watchdog_interval(self.environ)
+        if interval:
+            gevent.spawn(self._watchdog_loop, interval)
+        log_event(log, logging.INFO, "ready", ports=len(self.applied.ports),
+                  errors=len(self.applied.errors), healthz="%s:%d" % c.healthz_bind_address)
+
+    def _watchdog_loop(self, interval: float) -> None:
+        # Pinged from the hub itself: a hub stuck in a blocking call stops pinging and
+        # systemd restarts us (WatchdogSec).
+        while not self._stopped.is_set():
+            sdnotify.notify("WATCHDOG=1", self.environ)
+            self._stopped.wait(interval)
+
+    def start_http(self) -> None:
+        from gevent.pywsgi import WSGIServer
+
+        from edgeproxy.daemon.http import healthz_app, metrics_app
+
+        for address, app in ((self.config.healthz_bind_address, healthz_app(self)),
+                             (self.config.metrics_bind_address, metrics_app(self))):
+            if address[1] == 0:
+                continue
+            server = WSGIServer(address, app, log=None,
+                                error_log=logging.getLogger("edgeproxy.http"))
+            server.start()
+            self.servers.append(server)
+
+    def install_signals(self) -> None:
+        gevent.signal_handler(signal.SIGTERM, self.shutdown, "SIGTERM")
+        gevent.signal_handler(signal.SIGINT, self.shutdown, "SIGINT")
+        gevent.signal_handler(signal.SIGHUP, self.reload)
+        gevent.signal_handler(signal.SIGUSR1, self.confirm_removal)
+
+    def shutdown(self, why: str = "stop") -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        gevent.spawn(self._shutdown, why)
+
+    def _shutdown(self, why: str) -> None:
+        log_event(log, logging.INFO, "shutting down", signal=why,
+                  cleanup=self.config.cleanup_on_exit, drain_grace=self.config.drain_grace)
+        sdnotify.notify("STOPPING=1", self.environ)
+        self.ready = False
+        if self.runner is not None:
+            self.runner.stop()
+        if self.watcher is not None:
+            self.watcher.stop()
+        try:
+            # Hand the traffic back first: kube-proxy's rules take over new connections while
+            # ours drain.
+            if self.keeper is not None:
+                self.keeper.stop(cleanup=self.config.cleanup_on_exit)
+        except Exception as exc:  # noqa: BLE001
+            self.exit_code = 1
+            log_event(log, logging.ERROR, "removing rules failed", error=str(exc))
+        try:
+            if self.proxy is not None:
+                self.proxy.stop(self.config.drain_grace)
+        except Exception as exc:  # noqa: BLE001
+            self.exit_code = 1
+            log_event(log, logging.ERROR, "stopping listeners failed", error=str(exc))
+        for server in self.servers:
+            server.stop(timeout=1)
+        self._done.set()
+
+    def run_forever(self) -> int:
+        self.install_signals()
+        self.start()
+        self._done.wait()
+        log_event(log, logging.INFO, "stopped", exit_code=self.exit_code)
+        return self.exit_code

@@ -1,0 +1,88 @@
+"""Prometheus metrics from plain counters: a custom collector read at scrape time.
+
+The forwarder, the rule keeper and the daemon keep plain ints; nothing but this module knows
+prometheus-client. A private registry (not the global one) so tests can build several daemons.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Iterator
+
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from edgeproxy.daemon.core import SYNC_BUCKETS
+
+
+class DaemonCollector(Collector):
+    def __init__(self, daemon: Any) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterator:
+        d = self.daemon
+        c = d.counters
+        cumulative, buckets = 0, []
+        for bound, count in zip(SYNC_BUCKETS, c.sync_duration_buckets):
+            buckets.append((repr(bound), count))
+        buckets.append(("+Inf", c.syncs_total))
+        del cumulative
+        yield HistogramMetricFamily("edgeproxy_sync_duration_seconds",
+                                    "Time of one manifests-to-rules sync",
+                                    buckets=buckets, sum_value=c.sync_duration_sum)
+        yield CounterMetricFamily("edgeproxy_sync_errors", "Syncs that failed (retried)",
+                                  value=c.sync_errors_total)
+        yield GaugeMetricFamily("edgeproxy_ready", "1 once serving", value=1 if d.ready else 0)
+        yield GaugeMetricFamily("edgeproxy_services_proxied", "Service ports proxied",
+                                value=len(d.applied.ports))
+        skipped = GaugeMetricFamily("edgeproxy_services_skipped", "Services skipped, by reason",
+                                    labels=["reason"])
+        for reason, n in sorted(Counter(v.reason.value for v in d.applied.services
+                                        if v.verdict.value == "skip" and v.reason).items()):
+            skipped.add_metric([reason], n)
+        yield skipped
+        errors = GaugeMetricFamily("edgeproxy_manifest_errors",
+                                   "Manifest errors currently reported, by file", labels=["file"])
+        computed = d.last_computed
+        for file, n in sorted(Counter(e.file for e in (computed.errors if computed else ())
+                                      ).items()):
+            errors.add_metric([file], n)
+        yield errors
+        yield GaugeMetricFamily("edgeproxy_mass_removal_held",
+                                "1 while a mass removal waits for confirmation",
+                                value=1 if d.held else 0)
+        yield CounterMetricFamily("edgeproxy_mass_removal_holds", "Syncs held by the guard",
+                                  value=c.holds_total)
+        keeper = d.keeper
+        yield CounterMetricFamily("edgeproxy_chain_repairs", "Rule/chain repairs made",
+                                  value=getattr(keeper, "repairs_total", 0))
+        yield CounterMetricFamily("edgeproxy_rule_apply_errors", "Failed rule applies/checks",
+                                  value=getattr(keeper, "apply_errors_total", 0))
+        stats = d.proxy.stats() if d.proxy is not None else {}
+        active = GaugeMetricFamily("edgeproxy_active_connections", "Open TCP connections",
+                                   labels=["service", "protocol"])
+        conns = CounterMetricFamily("edgeproxy_connections", "TCP connections accepted",
+                                    labels=["service", "protocol"])
+        bytes_ = CounterMetricFamily("edgeproxy_bytes", "Payload bytes relayed",
+                                     labels=["service", "protocol", "direction"])
+        dials = CounterMetricFamily("edgeproxy_dial_failures", "Failed dial attempts",
+                                    labels=["service", "protocol"])
+        udp = GaugeMetricFamily("edgeproxy_udp_sessions", "Open UDP client sessions",
+                                labels=["service", "protocol"])
+        for key in sorted(stats):
+            s = stats[key]
+            labels = [key.comment, key.protocol.value]
+            active.add_metric(labels, s.active_connections)
+            conns.add_metric(labels, s.connections_total)
+            bytes_.add_metric(labels + ["in"], s.bytes_in)
+            bytes_.add_metric(labels + ["out"], s.bytes_out)
+            dials.add_metric(labels, s.dial_failures_total)
+            udp.add_metric(labels, s.udp_sessions)
+        yield from (active, conns, bytes_, dials, udp)
+
+
+def make_registry(daemon: Any) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DaemonCollector(daemon))
+    return registry
