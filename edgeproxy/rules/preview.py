@@ -33,7 +33,10 @@ def load_desired_state(manifests: Path, filter_mode: FilterMode) -> DesiredState
 def preview_proxy_ports(state: DesiredState, state_dir: Path | None,
                         port_range: PortRange = DEFAULT_PORT_RANGE) -> dict:
     state_file = state_dir / STATE_FILE_NAME if state_dir is not None else None
-    if state_file is not None and not state_file.is_file():
+    try:
+        if state_file is not None and not state_file.is_file():
+            state_file = None
+    except OSError:  # not readable by this (unprivileged) user: show first choices
         state_file = None
     allocator = PortAllocator(port_range, state_file)
     if port_range.kernel_chosen:  # nothing deterministic to show: use a visible placeholder

@@ -38,7 +38,7 @@ def test_prints_restore_text_for_the_examples_without_root(tmp_path):
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert "*nat\n:KUBE-PORTALS-CONTAINER - [0:0]" in text
-    assert ("-A KUBE-PORTALS-HOST -d 198.19.0.10/32 -p tcp -m comment --comment default/web "
+    assert ("-A KUBE-PORTALS-HOST -d 198.19.0.10/32 -p tcp -m comment --comment default/web:http "
             "-m tcp --dport 80 -j DNAT --to-destination 169.254.96.17:") in text
     assert "-p udp -m comment --comment kube-system/edge-dns:dns -m udp --dport 53" in text
     assert "198.19.0.30" not in text  # labelled for another proxy: skipped
@@ -47,7 +47,7 @@ def test_prints_restore_text_for_the_examples_without_root(tmp_path):
 @needs_loader
 def test_nftables_text_and_daemon_ports_are_used(tmp_path):
     (tmp_path / "ports.json").write_text(json.dumps(
-        {"version": 1, "range": "61000-64999", "ports": {"default/web/TCP": 63333}}))
+        {"version": 1, "range": "61000-64999", "ports": {"default/web:http/TCP": 63333}}))
     out = _rules("--manifests", str(EXAMPLES), "--iptables-backend", "nftables",
                  "--state-dir", str(tmp_path), "--family", "4")
     assert out.returncode == 0, out.stderr
