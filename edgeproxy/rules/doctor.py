@@ -67,7 +67,7 @@ class Doctor:
         self.backend_name = backend_name
         self.run = runner or LocalRunner()
         self.healthz = healthz
-        self.services = services  # service ports expected (from --manifests), None: ask daemon
+        self.services = services  # services expected (from --manifests), None: ask the daemon
         self.proc = proc
         self.connect = connect or _tcp_connect
 
@@ -95,7 +95,7 @@ class Doctor:
         captured = self.captured_vips(backend_name)
         if expected and not captured:
             findings.append(Finding(False, f"{PORTALS_CONTAINER} is empty while {expected} "
-                                           "service ports are configured",
+                                           "services are configured",
                                     "check `journalctl -u edgeproxy` for apply errors"))
         findings += self.check_listeners(captured)
         findings += self.check_other_proxies()

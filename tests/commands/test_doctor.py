@@ -85,7 +85,7 @@ def test_doctor_passes_on_a_healthy_node(netns):
         netns.run(["iptables-nft", "-t", "nat", "-F", "KUBE-PORTALS-CONTAINER"])
         out = _doctor(netns)
         assert out.returncode == 1
-        assert "FAIL KUBE-PORTALS-CONTAINER is empty while 1 service ports" in out.stdout
+        assert "FAIL KUBE-PORTALS-CONTAINER is empty while 1 services" in out.stdout
     finally:
         for p in procs:
             p.kill()
