@@ -30,7 +30,7 @@ import os
 import struct
 import time
 import gevent
-from gevent.socket import wait_read, wait_write
+from gevent.socket import wait_read
 
 from edgeproxy.forwarding.balancer import Balancer, NoEndpointsError
 from edgeproxy.forwarding.splice import SPLICE_FLAGS, PipePool
@@ -53,6 +53,8 @@ _READ = 1
 _WRITE = 2
 _fallback_buffer = bytearray(FALLBACK_CHUNK)
 _fallback_view = memoryview(_fallback_buffer)
+_splice = getattr(os, "splice", None)
+_monotonic = time.monotonic
 
 
 def reset_close(sock: _socket.socket) -> None:
@@ -107,7 +109,7 @@ class Half:
     """One direction of a relay: bytes read from ``src`` are written to ``dst``."""
 
     __slots__ = ("conn", "src", "dst", "src_fd", "dst_fd", "rw", "ww", "pipe", "inflight",
-                 "pending", "eof", "done", "use_splice")
+                 "pending", "eof", "done", "use_splice", "pool", "stats", "upstream")
 
     def __init__(self, conn: "Connection", src: _socket.socket, dst: _socket.socket,
                  loop, use_splice: bool) -> None:
@@ -122,6 +124,15 @@ class Half:
         self.eof = False
         self.done = False
         self.use_splice = use_splice
+        self.pool = conn.service.pipes
+        self.stats = conn.service.stats
+        self.upstream = src is conn.client  # client -> endpoint direction
+
+    def count(self, n: int) -> None:
+        if self.upstream:
+            self.stats.bytes_in += n
+        else:
+            self.stats.bytes_out += n
 
     def start(self) -> None:
         self.rw.start(self.on_readable)
@@ -144,11 +155,38 @@ class Half:
     # -- events --------------------------------------------------------------------------------
 
     def on_readable(self) -> None:
+        # The hot path of every request: kept flat, locals only, positional splice arguments.
         try:
-            if self.use_splice:
-                self._splice_rounds()
-            else:
+            if not self.use_splice:
                 self._copy_rounds()
+                return
+            pipe = self.pipe
+            if pipe is None:
+                pipe = self.pool.get()
+                if pipe is None:
+                    self._copy_rounds()  # pool exhausted: copy through the shared buffer
+                    return
+                self.pipe = pipe
+            self.conn.last_active = _monotonic()
+            src, pw, size = self.src_fd, pipe.w, pipe.size
+            for _ in range(RELAY_ROUNDS):
+                try:
+                    n = _splice(src, pw, size, None, None, SPLICE_FLAGS)
+                except BlockingIOError:
+                    break
+                if n == 0:
+                    self.eof = True
+                    break
+                self.inflight = n
+                if not self._drain_pipe():
+                    return  # dst is slow: keep the pipe, wait for writability
+                if n < size:
+                    break  # the socket queue is (very likely) empty now: skip an EAGAIN round
+            self.pipe = None
+            self.pool.put(pipe)
+            if self.eof:
+                self.rw.stop()
+                self._finish()
         except OSError as exc:
             if self.use_splice and exc.errno == errno.EINVAL and not self.inflight:
                 self.use_splice = False  # e.g. a socket type splice cannot handle
@@ -163,7 +201,7 @@ class Half:
             elif self.pending:
                 sent = self.dst.send(self.pending)
                 self.pending = self.pending[sent:]
-                self.conn.count(self, sent)
+                self.count(sent)
             if self.inflight or self.pending:
                 return
             self.ww.stop()
@@ -181,57 +219,25 @@ class Half:
 
     # -- splice path ---------------------------------------------------------------------------
 
-    def _splice_rounds(self) -> None:
-        pipes = self.conn.service.pipes
-        pipe = self.pipe
-        if pipe is None:
-            pipe = pipes.get()
-            if pipe is None:
-                self._copy_rounds()  # pool exhausted: copy through the shared buffer
-                return
-            self.pipe = pipe
-        self.conn.last_active = time.monotonic()
-        splice = os.splice
-        size = pipe.size
-        for _ in range(RELAY_ROUNDS):
-            try:
-                n = splice(self.src_fd, pipe.w, size, flags=SPLICE_FLAGS)
-            except BlockingIOError:
-                break
-            if n == 0:
-                self.eof = True
-                break
-            self.inflight = n
-            if not self._drain_pipe():
-                return  # dst is slow: keep the pipe, wait for writability
-            if n < size:
-                break  # the socket queue is (very likely) empty now: skip an EAGAIN round
-        self.pipe = None
-        pipes.put(pipe)
-        if self.eof:
-            self.rw.stop()
-            self._finish()
-
     def _drain_pipe(self) -> bool:
         """Write the pipe's bytes to dst; False (and writer armed) if dst would block."""
-        splice = os.splice
-        pipe = self.pipe
+        pr, dst = self.pipe.r, self.dst_fd
         while self.inflight:
             try:
-                m = splice(pipe.r, self.dst_fd, self.inflight, flags=SPLICE_FLAGS)
+                m = _splice(pr, dst, self.inflight, None, None, SPLICE_FLAGS)
             except BlockingIOError:
                 m = 0
             if m == 0:
                 self._wait_writable()
                 return False
             self.inflight -= m
-            self.conn.count(self, m)
+            self.count(m)
         return True
 
     # -- copy fallback -------------------------------------------------------------------------
 
     def _copy_rounds(self) -> None:
-        self.conn.last_active = time.monotonic()
+        self.conn.last_active = _monotonic()
         for _ in range(RELAY_ROUNDS):
             try:
                 n = self.src.recv_into(_fallback_buffer)
@@ -246,11 +252,13 @@ class Half:
                 sent = self.dst.send(_fallback_view[:n])
             except BlockingIOError:
                 sent = 0
-            self.conn.count(self, sent)
+            self.count(sent)
             if sent < n:
                 self.pending = bytes(_fallback_view[sent:n])
                 self._wait_writable()
                 return
+            if n < FALLBACK_CHUNK:
+                return  # the socket queue is (very likely) empty: skip an EAGAIN round
 
     def _wait_writable(self) -> None:
         self.rw.stop()
@@ -288,12 +296,6 @@ class Connection:
         self.up.start()
         self.down.start()
 
-    def count(self, half: Half, n: int) -> None:
-        if half is self.up:
-            self.service.stats.bytes_in += n
-        else:
-            self.service.stats.bytes_out += n
-
     def half_done(self) -> None:
         if self.up.done and self.down.done:
             self.close()
@@ -321,6 +323,108 @@ class Connection:
             self.client.close()
             self.upstream.close()
         self.service.connection_closed(self)
+
+
+class Dialer:
+    """Connects to an endpoint for one client without a greenlet: non-blocking connect, a write
+    watcher for completion and a timer for kube-proxy's per-attempt timeout; each failure asks
+    the balancer again (affinity reset) until the attempts run out."""
+
+    __slots__ = ("service", "client", "client_ip", "hash_key", "attempt", "sock", "watcher",
+                 "timer", "endpoint")
+
+    def __init__(self, service: "TcpService", client: _socket.socket, client_ip: str,
+                 hash_key: bytes | None) -> None:
+        self.service = service
+        self.client = client
+        self.client_ip = client_ip
+        self.hash_key = hash_key
+        self.attempt = 0
+        self.sock = None
+        self.watcher = None
+        self.timer = None
+        self.endpoint = None
+
+    def next(self) -> None:
+        service = self.service
+        try:
+            while self.attempt < len(service.dial_timeouts):
+                attempt = self.attempt
+                self.attempt += 1
+                try:
+                    ep = service.balancer.next_endpoint(self.client_ip, attempt > 0,
+                                                        self.hash_key, attempt)
+                except NoEndpointsError:
+                    break
+                self.endpoint = ep
+                family = _socket.AF_INET6 if ":" in ep.ip else _socket.AF_INET
+                try:
+                    sock = _socket.socket(family, _socket.SOCK_STREAM)
+                except OSError as exc:  # EMFILE/ENFILE: no retry can succeed right now
+                    service.stats.dial_failures_total += 1
+                    if exc.errno in _FATAL_ACCEPT:
+                        # Out of descriptors: stop accepting for a while too, or we would just
+                        # accept and reset every client in a tight loop.
+                        service._accept_backoff(exc)
+                    break
+                sock.setblocking(False)
+                err = sock.connect_ex((ep.ip, ep.port))
+                if err == errno.EINPROGRESS:
+                    self.sock = sock
+                    loop = service.loop
+                    self.watcher = loop.io(sock.fileno(), _WRITE)
+                    self.watcher.start(self._on_ready)
+                    self.timer = loop.timer(service.dial_timeouts[attempt])
+                    self.timer.start(self._on_timeout)
+                    return
+                if err == 0:
+                    self._done(sock)
+                    return
+                sock.close()
+                self._failed(err)
+        except Exception:
+            log.exception("%s: dial failed", service.name)
+        service._dialed(self.client, None)
+
+    def _disarm(self) -> None:
+        self.watcher.stop()
+        self.watcher.close()
+        self.timer.stop()
+        self.timer.close()
+        self.watcher = self.timer = None
+
+    def _on_ready(self) -> None:
+        self._disarm()
+        sock, self.sock = self.sock, None
+        try:
+            err = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+        except OSError as exc:
+            err = exc.errno or errno.EIO
+        if err == 0:
+            self._done(sock)
+            return
+        sock.close()
+        self._failed(err)
+        self.next()
+
+    def _on_timeout(self) -> None:
+        self._disarm()
+        sock, self.sock = self.sock, None
+        sock.close()
+        self._failed(errno.ETIMEDOUT)
+        self.next()
+
+    def _failed(self, err: int) -> None:
+        self.service.stats.dial_failures_total += 1
+        log.info("%s: dial %s failed (attempt %d): %s", self.service.name, self.endpoint,
+                 self.attempt, os.strerror(err))
+
+    def _done(self, sock: _socket.socket) -> None:
+        try:
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        self.service._dialed(self.client, sock)
 
 
 class TcpService:
@@ -406,10 +510,12 @@ class TcpService:
             client = _socket.socket(family, _socket.SOCK_STREAM, 0, fd)
             self.pending += 1
             self.stats.connections_total += 1
-            gevent.spawn_raw(self._setup, client, addr[0])
+            self._setup(client, addr[0])
 
     def _accept_backoff(self, exc: OSError) -> None:
         self.stats.accept_errors_total += 1
+        if self._backoff_timer is not None:
+            return  # already backing off
         first = self._backoff == 0.0
         self._backoff = min(ACCEPT_BACKOFF_MAX, max(ACCEPT_BACKOFF_MIN, self._backoff * 2))
         # Log the first failure of a series; the counter tells the rest.
@@ -429,64 +535,43 @@ class TcpService:
     # -- setup: peek + dial --------------------------------------------------------------------
 
     def _setup(self, client: _socket.socket, client_ip: str) -> None:
-        upstream = None
+        """Runs in the accept callback: no greenlet unless the policy must peek the request."""
         try:
             client.setblocking(False)
             client.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        except OSError:
+            self._dialed(client, None)
+            return
+        if self.balancer.needs_http_header:
+            gevent.spawn_raw(self._peek_then_dial, client, client_ip)
+        else:
+            Dialer(self, client, client_ip, None).next()
+
+    def _peek_then_dial(self, client: _socket.socket, client_ip: str) -> None:
+        try:
+            name = self.balancer.policy.http_header_name or ""
+            hash_key = peek_http_header(client, name)
+        except Exception:
+            log.exception("%s: peeking the request failed", self.name)
             hash_key = None
-            balancer = self.balancer
-            if balancer.needs_http_header:
-                hash_key = peek_http_header(client, balancer.policy.http_header_name or "")
-            upstream = self._dial(client_ip, hash_key)
-        except Exception:  # never let one client's failure kill the hub's callback
-            log.exception("%s: connection setup failed", self.name)
+        Dialer(self, client, client_ip, hash_key).next()
+
+    def _dialed(self, client: _socket.socket, upstream: _socket.socket | None) -> None:
         self.pending -= 1
         if upstream is None:
             reset_close(client)
             self.stats.connections_reset_total += 1
             self._maybe_resume()
             return
-        if not self.accepting and not self.listeners and self.stats.draining_closed:
+        if self.stats.draining_closed:
             # the service was removed and its drain already ended while we dialed
             reset_close(client)
             reset_close(upstream)
-            self._maybe_resume()
             return
         self._backoff = 0.0  # a connection got through: descriptors are available again
         conn = Connection(self, client, upstream)
         self.connections.add(conn)
         conn.start()
-
-    def _dial(self, client_ip: str, hash_key: bytes | None) -> _socket.socket | None:
-        for attempt, timeout in enumerate(self.dial_timeouts):
-            try:
-                ep = self.balancer.next_endpoint(client_ip, reset_affinity=attempt > 0,
-                                                 hash_key=hash_key, attempt=attempt)
-            except NoEndpointsError:
-                return None
-            family = _socket.AF_INET6 if ":" in ep.ip else _socket.AF_INET
-            try:
-                sock = _socket.socket(family, _socket.SOCK_STREAM)
-            except OSError as exc:  # EMFILE/ENFILE: no retry can succeed right now
-                self.stats.dial_failures_total += 1
-                log.warning("%s: cannot create a socket to dial %s: %s", self.name, ep, exc)
-                return None
-            sock.setblocking(False)
-            err = sock.connect_ex((ep.ip, ep.port))
-            if err == errno.EINPROGRESS:
-                try:
-                    wait_write(sock.fileno(), timeout)
-                    err = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
-                except Exception:
-                    err = errno.ETIMEDOUT
-            if err == 0:
-                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-                return sock
-            sock.close()
-            self.stats.dial_failures_total += 1
-            log.info("%s: dial %s failed (attempt %d): %s", self.name, ep, attempt + 1,
-                     os.strerror(err))
-        return None
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -514,4 +599,4 @@ class TcpService:
             conn.abort()
 
 
-__all__ = ["TcpService", "Connection", "DIAL_TIMEOUTS", "peek_http_header", "reset_close"]
+__all__ = ["TcpService", "Connection", "Dialer", "DIAL_TIMEOUTS", "peek_http_header", "reset_close"]

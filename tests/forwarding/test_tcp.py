@@ -110,9 +110,11 @@ def test_all_endpoints_dead_resets_client(server):
 def test_no_endpoints_resets_client(server):
     srv = server()
     port = srv.reconcile({key(): service("web", [])})[key()]
-    with connect(port) as s:
-        with pytest.raises(ConnectionResetError):
+    with pytest.raises(ConnectionResetError):
+        # The reset is immediate: it may already hit connect() itself.
+        with connect(port) as s:
             s.recv(10)
+    assert srv.stats()[key()].connections_reset_total == 1
 
 
 def test_endpoint_update_keeps_open_connections(server, backends):
