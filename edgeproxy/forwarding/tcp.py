@@ -55,6 +55,7 @@ _fallback_buffer = bytearray(FALLBACK_CHUNK)
 _fallback_view = memoryview(_fallback_buffer)
 _splice = getattr(os, "splice", None)
 _monotonic = time.monotonic
+_SOCK_STREAM_NONBLOCK = _socket.SOCK_STREAM | getattr(_socket, "SOCK_NONBLOCK", 0)
 
 
 def reset_close(sock: _socket.socket) -> None:
@@ -359,7 +360,8 @@ class Dialer:
                 self.endpoint = ep
                 family = _socket.AF_INET6 if ":" in ep.ip else _socket.AF_INET
                 try:
-                    sock = _socket.socket(family, _socket.SOCK_STREAM)
+                    # SOCK_NONBLOCK at creation: one system call less than setblocking().
+                    sock = _socket.socket(family, _SOCK_STREAM_NONBLOCK)
                 except OSError as exc:  # EMFILE/ENFILE: no retry can succeed right now
                     service.stats.dial_failures_total += 1
                     if exc.errno in _FATAL_ACCEPT:
@@ -367,7 +369,6 @@ class Dialer:
                         # accept and reset every client in a tight loop.
                         service._accept_backoff(exc)
                     break
-                sock.setblocking(False)
                 err = sock.connect_ex((ep.ip, ep.port))
                 if err == errno.EINPROGRESS:
                     self.sock = sock
