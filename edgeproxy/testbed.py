@@ -478,10 +478,12 @@ class Daemon:
     def status(self) -> dict:
         """`edgeproxy status -o json` run inside the node namespace, as an operator would."""
         result = self.node.run([*edgeproxy_argv(), "status", "-o", "json"], check=False)
-        if result.returncode != 0:
+        # Exit 1 with a document means "the guard holds a change": still a status.
+        try:
+            return json.loads(result.stdout)
+        except ValueError:
             raise DaemonError(f"edgeproxy status failed ({result.returncode}): "
-                              f"{result.stderr.strip()}")
-        return json.loads(result.stdout)
+                              f"{result.stderr.strip()}") from None
 
     def metrics(self) -> str:
         code, body = self.get("/metrics", METRICS)

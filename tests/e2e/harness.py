@@ -423,30 +423,32 @@ def proxy_ports(node: NetNS) -> dict[str, str]:
 
 
 def status_services(status: dict) -> set[str]:
-    """namespace/name of every proxied service in the status document."""
-    return set(status["services"])
+    """namespace/name of every proxied service in the status document ("default/web:http" is
+    the service port's kube-proxy comment; the port name is dropped here)."""
+    return {entry["service"].split(":")[0] for entry in status["services"]}
 
 
-def file_errors(status: dict, file_name: str) -> list:
+def file_errors(status: dict, file_name: str) -> list[dict]:
     """Errors reported for the manifest file called `file_name` (basename)."""
-    return [e for f, e in status["errors"].items() if Path(f).name == file_name]
+    return [e for e in status["errors"] if Path(e["file"]).name == file_name]
 
 
 def removal_held(status: dict) -> bool:
     """True while the mass-removal guard holds a sync back."""
-    return bool(status["held"])
+    return bool(status["guard"]["held"])
 
 
 def manifest_error_metric(metrics: str, file_name: str) -> float:
+    """edgeproxy_manifest_errors summed over the files called `file_name`."""
     total = 0.0
     for line in metrics.splitlines():
-        if line.startswith("edgeproxy_manifest_errors") and file_name in line:
+        if line.startswith("edgeproxy_manifest_errors{") and f'/{file_name}"' in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
 
 
 def guard_metric(metrics: str) -> float:
-    return tb.metric_value(metrics, "edgeproxy_removal_held") or 0.0
+    return tb.metric_value(metrics, "edgeproxy_mass_removal_held") or 0.0
 
 
 def chain_repairs(daemon: tb.Daemon) -> float:
