@@ -223,3 +223,37 @@ def test_restore_text_only_names_our_chains():
                     assert line.split()[-1] in ours
                 else:
                     assert line in (f"*{table}", "COMMIT"), line
+
+
+def test_real_world_corpus_every_proxied_port_is_captured_and_nothing_else(corpus_dir):
+    """Load the whole real-world corpus, render, and trace a packet to every address and port
+    of every proxied service port (from a pod and from the host), plus the IPv6 ones."""
+    from edgeproxy.manifests import load_state
+
+    state = load_state([corpus_dir])
+    assert state.ports, "corpus yields no proxied service port"
+    pp = states.proxy_ports_for(state.ports)
+    rs = render_rules(state.ports, pp, states.LISTEN)
+    tables = {4: _node(rs, 4)}
+    if 6 in rs.families:
+        tables[6] = parse_save(rs.restore_text(6, "nat"))
+    vips: dict[tuple[str, int, str], set[str]] = {}
+    for key, sp in state.ports.items():
+        if key not in pp:
+            continue
+        for vip in sp.vips:
+            vips.setdefault((vip, sp.port, key.protocol.value.lower()), set()).add(
+                f"[{states.LISTEN.ipv6}]:{pp[key]}" if ":" in vip
+                else f"{states.LISTEN.ipv4}:{pp[key]}")
+    for (vip, port, proto), dests in vips.items():
+        family = 6 if ":" in vip else 4
+        for path in ("pod", "host"):
+            out = trace(tables[family], Packet(vip, port, proto, path=path,
+                                               src="fd00::2" if family == 6 else "198.18.2.10"))
+            assert out.verdict == "DNAT" and out.destination in dests, (vip, port, proto, out)
+    # A port nobody declared on a captured address is not captured.
+    undeclared = [k for k in vips if ":" not in k[0] and (k[0], 1, k[2]) not in vips]
+    assert undeclared
+    for vip, _, proto in undeclared:
+        assert trace(tables[4], Packet(vip, 1, proto)).verdict is None
+    assert len(vips) > 20  # the corpus really exercised the renderer
