@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
 from typing import Mapping
 
 # EdgeMesh's label; its presence (any value, "" included) decides the service filter.
@@ -236,3 +237,9 @@ class KubeObject:
     @property
     def identity(self) -> tuple[str, str, str]:
         return (self.kind, self.namespace, self.name)
+
+    @cached_property
+    def order(self) -> tuple:
+        """Sort key: file path, then document index numerically ("10" after "9")."""
+        return (self.source.file,
+                tuple(int(p) if p.isdigit() else -1 for p in self.source.document.split("/")))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from edgeproxy.model import KubeObject, LoadLimits, ManifestError
+from edgeproxy.state.gcpause import gc_paused
 
 from .discovery import discover, is_manifest_name
 from .validation import validate_document
@@ -69,12 +70,18 @@ class ManifestCatalog:
         self.keep_last_good = keep_last_good
         self._files: dict[Path, FileInfo] = {}
         self._root_problems: tuple[ManifestError, ...] = ()
+        self._order: list[Path] | None = None  # sorted keys of _files, see _snapshot
+        self._order_set: set[Path] = set()
         self.parses_total = 0  # files parsed since creation (a counter for metrics and tests)
 
     # -- public -----------------------------------------------------------------------------
 
     def refresh(self, changed_paths: Iterable[Path] | None = None) -> CatalogSnapshot:
         """Bring the catalog up to date and return a snapshot (None = rescan everything)."""
+        with gc_paused():
+            return self._refresh(changed_paths)
+
+    def _refresh(self, changed_paths: Iterable[Path] | None) -> CatalogSnapshot:
         try:
             os.stat(self.root)
         except OSError as exc:
@@ -208,7 +215,13 @@ class ManifestCatalog:
                                      rejected, last_good)
 
     def _snapshot(self) -> CatalogSnapshot:
-        files = dict(sorted(self._files.items()))
+        # Sorting Path objects is Python code per comparison; sort the set of names only when
+        # it changed (a file added or removed), not on every one-file reload.
+        names = self._files.keys()
+        if self._order is None or len(self._order) != len(names) or not names == self._order_set:
+            self._order = sorted(names, key=str)
+            self._order_set = set(self._order)
+        files = {path: self._files[path] for path in self._order}
         objects: list[KubeObject] = []
         errors: list[ManifestError] = list(self._root_problems)
         for info in files.values():

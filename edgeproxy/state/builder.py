@@ -2,25 +2,36 @@
 
 Pure: no I/O, deterministic for a given set of objects whatever their order. It owns
 * duplicate objects: the same kind/namespace/name twice -> the one with the smallest
-  (file path, document index) wins, the others are reported as conflicts and ignored;
+  (file path, document index) wins, the others are reported as conflicts and ignored
+  (a Service that loses is listed with reason ``conflict``);
 * the service verdicts (``filtering``), one ``ServicePort`` per proxied (service, port, protocol);
+  SCTP ports stay in the verdict's port list but never enter the desired state;
 * endpoints, matched to service ports by port name and protocol as kube-proxy does: from the
   EndpointSlices labelled ``kubernetes.io/service-name`` when the Service has any, otherwise from
   its Endpoints; an unset ``ready`` is ready; not-ready addresses are left out; deduplicated and
   sorted; the target port is the endpoint port's number;
-* VIP conflicts: two services claiming the same VIP:port/protocol -> the smaller source wins,
-  the loser's port is not proxied and the conflict is reported;
+* VIP conflicts: two services claiming the same VIP:port/protocol -> the service with the
+  smaller source wins, the loser's port is not proxied and the conflict is reported;
 * DestinationRules (EdgeMesh): the rule named like the Service in its namespace sets the
   port's ``lb_policy``.
+
+Speed: a reload after one changed file must not redo the work for 10,000 unchanged services.
+The per-service result is a pure function of (Service object, its slices or Endpoints object,
+its DestinationRule, filter mode); the catalog hands out the same object instances for
+unchanged files, so results are memoized by object identity (``_Memo``), and only the cheap
+global passes (grouping, duplicate and VIP-conflict detection) run over everything.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
+from operator import attrgetter
 from typing import Iterable
 
 from edgeproxy.model import (
     DEFAULT_AFFINITY_TIMEOUT_SECONDS,
+    DEFAULT_NAMESPACE,
     SERVICE_NAME_LABEL,
     Conflict,
     DesiredState,
@@ -39,28 +50,40 @@ from edgeproxy.model import (
     Verdict,
 )
 
+from .gcpause import gc_paused
 from .filtering import PROXIED_PROTOCOLS, service_vips, verdict_reason
 
+_ORDER = attrgetter("order")
 _USED_KINDS = ("Service", "Endpoints", "EndpointSlice", "DestinationRule")
 
 
-def source_order(source: SourceRef) -> tuple:
-    """Sort key of a source: file path, then document index numerically ("10" after "9")."""
-    return (source.file, tuple(int(p) if p.isdigit() else -1 for p in source.document.split("/")))
+@dataclass(frozen=True)
+class _ServiceResult:
+    """Everything derived from one Service and its dependencies alone."""
+
+    verdict: ServiceVerdict  # as if no other service conflicted with it
+    ports: tuple[ServicePort, ...]
+    claims: tuple[tuple[tuple[str, int, str], ...], ...]  # per port: its (vip, port, proto)s
+    # The same, as dicts, so the common no-conflict case is two C-level dict updates (a dict
+    # copied into another keeps its stored hashes: ServicePortKey's hash is Python code).
+    port_map: dict
+    claim_map: dict
 
 
-def _dedupe(objects: list[KubeObject], conflicts: list[Conflict]) -> dict[tuple[str, str], KubeObject]:
-    """(namespace, name) -> winning object of one kind; losers reported."""
-    winners: dict[tuple[str, str], KubeObject] = {}
-    for obj in sorted(objects, key=lambda o: source_order(o.source)):
-        key = (obj.namespace, obj.name)
-        first = winners.get(key)
-        if first is None:
-            winners[key] = obj
-        else:
-            conflicts.append(Conflict(f"{obj.kind} {obj.namespace}/{obj.name} defined twice",
-                                      first.source, obj.source))
-    return winners
+class _Memo:
+    """Results of the previous build, keyed by the Service object's identity."""
+
+    def __init__(self) -> None:
+        self.entries: dict[int, tuple] = {}
+
+    def get(self, svc: KubeObject, deps: tuple) -> _ServiceResult | None:
+        entry = self.entries.get(id(svc))
+        if entry is not None and entry[0] is svc and entry[1] == deps:
+            return entry[2]
+        return None
+
+
+_memo = _Memo()
 
 
 def _policy(rule: KubeObject | None) -> LoadBalancerPolicy:
@@ -78,8 +101,12 @@ def _policy(rule: KubeObject | None) -> LoadBalancerPolicy:
     return LoadBalancerPolicy(LoadBalancerKind.ROUND_ROBIN, None, rule.source)
 
 
-def _slice_endpoints(slices: list[KubeObject]) -> dict[tuple[str, str], set[Endpoint]]:
-    """(port name, protocol) -> ready endpoints, from EndpointSlices."""
+def _slice_endpoints(slices: Iterable[KubeObject]) -> dict[tuple[str, str], set[Endpoint]]:
+    """(port name, protocol) -> ready endpoints, from EndpointSlices.
+
+    A slice port without a name (or with "") matches the Service's unnamed port, as in
+    kube-proxy (a nil name is read as ""). A slice port without a number carries no target.
+    """
     out: dict[tuple[str, str], set[Endpoint]] = defaultdict(set)
     for s in slices:
         body = s.body
@@ -102,97 +129,13 @@ def _slice_endpoints(slices: list[KubeObject]) -> dict[tuple[str, str], set[Endp
 def _endpoints_endpoints(obj: KubeObject) -> dict[tuple[str, str], set[Endpoint]]:
     out: dict[tuple[str, str], set[Endpoint]] = defaultdict(set)
     for subset in obj.body.get("subsets") or []:
-        ready = [a["ip"] for a in subset.get("addresses") or []]
+        ready = [a["ip"] for a in subset.get("addresses") or []]  # notReadyAddresses excluded
         if not ready:
             continue
         for port in subset.get("ports") or []:
             bucket = out[(port.get("name") or "", port.get("protocol") or "TCP")]
             bucket.update(Endpoint(ip, port["port"]) for ip in ready)
     return out
-
-
-def build_state(objects: Iterable[KubeObject],
-                filter_mode: FilterMode = FilterMode.FILTER_IF_LABEL_EXISTS,
-                errors: Iterable[ManifestError] = ()) -> DesiredState:
-    """The desired state of a set of validated objects (see the module docstring)."""
-    errors = tuple(errors)
-    by_kind: dict[str, list[KubeObject]] = {k: [] for k in _USED_KINDS}
-    ignored: dict[str, int] = defaultdict(int)
-    for obj in objects:
-        bucket = by_kind.get(obj.kind)
-        if bucket is None:
-            ignored[obj.kind] += 1
-        else:
-            bucket.append(obj)
-
-    conflicts: list[Conflict] = []
-    services = _dedupe(by_kind["Service"], conflicts)
-    endpoints = _dedupe(by_kind["Endpoints"], conflicts)
-    rules = _dedupe(by_kind["DestinationRule"], conflicts)
-    slices_by_service: dict[tuple[str, str], list[KubeObject]] = defaultdict(list)
-    for s in _dedupe(by_kind["EndpointSlice"], conflicts).values():
-        owner = ((s.body.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL)
-        if owner:
-            slices_by_service[(s.namespace, owner)].append(s)
-
-    verdicts: list[ServiceVerdict] = []
-    ports: dict[ServicePortKey, ServicePort] = {}
-    claims: dict[tuple[str, int, str], ServicePort] = {}
-    losers = {c.loser for c in conflicts if c.what.startswith("Service ")}
-    ordered = sorted(by_kind["Service"], key=lambda o: source_order(o.source))
-    for svc in ordered:
-        if svc.source in losers:
-            verdicts.append(ServiceVerdict(svc.source, svc.namespace, svc.name, Verdict.SKIP,
-                                           SkipReason.CONFLICT, _all_keys(svc)))
-            continue
-        reason = verdict_reason(svc.body, filter_mode)
-        if reason is not None:
-            verdicts.append(ServiceVerdict(svc.source, svc.namespace, svc.name, Verdict.SKIP,
-                                           reason, _all_keys(svc)))
-            continue
-        svc_ports = _service_ports(svc, slices_by_service, endpoints, rules)
-        kept: list[ServicePortKey] = []
-        for sp in svc_ports:
-            lost_to = None
-            for vip in sp.vips:
-                other = claims.get((vip, sp.port, sp.key.protocol.value))
-                if other is not None:
-                    lost_to = (vip, other)
-                    break
-            if lost_to is not None:
-                vip, other = lost_to
-                conflicts.append(Conflict(
-                    f"{_hostport(vip, sp.port)}/{sp.key.protocol.value} claimed by "
-                    f"{other.key.namespace}/{other.key.name} and {svc.namespace}/{svc.name}",
-                    other.source, svc.source))  # type: ignore[arg-type]
-                continue
-            for vip in sp.vips:
-                claims[(vip, sp.port, sp.key.protocol.value)] = sp
-            ports[sp.key] = sp
-            kept.append(sp.key)
-        if kept:
-            verdicts.append(ServiceVerdict(svc.source, svc.namespace, svc.name, Verdict.PROXY,
-                                           None, _all_keys(svc)))
-        else:
-            verdicts.append(ServiceVerdict(svc.source, svc.namespace, svc.name, Verdict.SKIP,
-                                           SkipReason.CONFLICT, _all_keys(svc)))
-
-    # Services that failed validation are listed too, so `validate` shows every Service.
-    seen = {v.source for v in verdicts}
-    for err in errors:
-        if err.kind == "Service" and err.document is not None and err.name:
-            source = SourceRef(err.file, err.document)
-            if source not in seen:
-                seen.add(source)
-                verdicts.append(ServiceVerdict(source, err.namespace or "default", err.name,
-                                               Verdict.SKIP, SkipReason.INVALID))
-    verdicts.sort(key=lambda v: source_order(v.source))
-    return DesiredState(ports=dict(sorted(ports.items())), services=tuple(verdicts),
-                        errors=errors, conflicts=tuple(conflicts), ignored_kinds=dict(ignored))
-
-
-def _hostport(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def _all_keys(svc: KubeObject) -> tuple[ServicePortKey, ...]:
@@ -206,34 +149,167 @@ def _all_keys(svc: KubeObject) -> tuple[ServicePortKey, ...]:
     return tuple(keys)
 
 
-def _service_ports(svc: KubeObject, slices_by_service, endpoints, rules) -> list[ServicePort]:
+def _compute(svc: KubeObject, mode: FilterMode, slices: tuple, endpoints: KubeObject | None,
+             rule: KubeObject | None) -> _ServiceResult:
+    reason = verdict_reason(svc.body, mode)
+    all_keys = _all_keys(svc)
+    if reason is not None:
+        verdict = ServiceVerdict(svc.source, svc.namespace, svc.name, Verdict.SKIP, reason,
+                                 all_keys)
+        return _ServiceResult(verdict, (), (), {}, {})
     spec = svc.body.get("spec") or {}
-    ident = (svc.namespace, svc.name)
-    slices = slices_by_service.get(ident)
     if slices:
         backends = _slice_endpoints(slices)
-    elif ident in endpoints:
-        backends = _endpoints_endpoints(endpoints[ident])
+    elif endpoints is not None:
+        backends = _endpoints_endpoints(endpoints)
     else:
         backends = {}
-    policy = _policy(rules.get(ident))
+    policy = _policy(rule)
     affinity = spec.get("sessionAffinity") == "ClientIP"
     timeout = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get(
         "timeoutSeconds") or DEFAULT_AFFINITY_TIMEOUT_SECONDS
-    lb_ips = tuple(i["ip"] for i in (((svc.body.get("status") or {}).get("loadBalancer") or {})
-                                     .get("ingress") or []) if i.get("ip"))
+    ingress = ((svc.body.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    lb_ips = tuple(i["ip"] for i in ingress if i.get("ip"))
     vips = tuple(service_vips(spec))
-    out = []
+    external = tuple(spec.get("externalIPs") or ())
+    ports, claims = [], []
     for p in spec.get("ports") or []:
         protocol = p.get("protocol") or "TCP"
         if protocol not in PROXIED_PROTOCOLS:
-            continue  # SCTP: listed in the verdict's ports, never in the desired state
+            continue
         name = p.get("name") or ""
-        key = ServicePortKey(svc.namespace, svc.name, name, Protocol(protocol))
-        out.append(ServicePort(
-            key=key, port=p["port"], cluster_ips=vips, node_port=p.get("nodePort") or None,
-            external_ips=tuple(spec.get("externalIPs") or ()), load_balancer_ips=lb_ips,
+        sp = ServicePort(
+            key=ServicePortKey(svc.namespace, svc.name, name, Protocol(protocol)),
+            port=p["port"], cluster_ips=vips, node_port=p.get("nodePort") or None,
+            external_ips=external, load_balancer_ips=lb_ips,
             session_affinity=affinity, affinity_timeout=timeout,
             endpoints=tuple(sorted(backends.get((name, protocol), ()))),
-            lb_policy=policy, source=svc.source))
-    return out
+            lb_policy=policy, source=svc.source)
+        ports.append(sp)
+        claims.append(tuple((vip, sp.port, protocol) for vip in sp.vips))
+    verdict = ServiceVerdict(svc.source, svc.namespace, svc.name, Verdict.PROXY, None, all_keys)
+    return _ServiceResult(verdict, tuple(ports), tuple(claims), {sp.key: sp for sp in ports},
+                          {c: sp for sp, cs in zip(ports, claims) for c in cs})
+
+
+def _hostport(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def build_state(objects: Iterable[KubeObject],
+                filter_mode: FilterMode = FilterMode.FILTER_IF_LABEL_EXISTS,
+                errors: Iterable[ManifestError] = ()) -> DesiredState:
+    """The desired state of a set of validated objects (see the module docstring)."""
+    with gc_paused():
+        return _build(objects, FilterMode(filter_mode), tuple(errors))
+
+
+def _build(objects: Iterable[KubeObject], filter_mode: FilterMode,
+           errors: tuple[ManifestError, ...]) -> DesiredState:
+    conflicts: list[Conflict] = []
+    winners: dict[str, dict[tuple[str, str], KubeObject]] = {k: {} for k in _USED_KINDS}
+    losers: list[KubeObject] = []
+    ignored: dict[str, int] = defaultdict(int)
+    for obj in objects:
+        table = winners.get(obj.kind)
+        if table is None:
+            ignored[obj.kind] += 1
+            continue
+        key = (obj.namespace, obj.name)
+        first = table.get(key)
+        if first is None:
+            table[key] = obj
+            continue
+        if obj.order < first.order:  # whatever the input order, the smaller source wins
+            table[key], first, obj = obj, obj, first
+        losers.append(obj)
+    for obj in sorted(losers, key=_ORDER):
+        first = winners[obj.kind][(obj.namespace, obj.name)]
+        conflicts.append(Conflict(f"{obj.kind} {obj.namespace}/{obj.name} defined twice",
+                                  first.source, obj.source))
+
+    slices_by_service: dict[tuple[str, str], list[KubeObject]] = defaultdict(list)
+    for s in winners["EndpointSlice"].values():
+        labels = (s.body.get("metadata") or {}).get("labels")
+        owner = labels.get(SERVICE_NAME_LABEL) if labels else None
+        if owner:
+            slices_by_service[(s.namespace, owner)].append(s)
+    endpoints = winners["Endpoints"]
+    rules = winners["DestinationRule"]
+
+    verdicts: list[ServiceVerdict] = []
+    needs_sort = False
+    for obj in losers:
+        if obj.kind == "Service":
+            needs_sort = True
+            verdicts.append(ServiceVerdict(obj.source, obj.namespace, obj.name, Verdict.SKIP,
+                                           SkipReason.CONFLICT, _all_keys(obj)))
+    ports: dict[ServicePortKey, ServicePort] = {}
+    claims: dict[tuple[str, int, str], ServicePort] = {}
+    memo_entries: dict[int, tuple] = {}
+    no_slices: tuple = ()
+    memo_get = _memo.entries.get
+    for svc in sorted(winners["Service"].values(), key=_ORDER):
+        ident = (svc.namespace, svc.name)
+        slices = slices_by_service.get(ident)
+        if not slices:
+            slices = no_slices
+        else:
+            slices = tuple(slices) if len(slices) == 1 else tuple(sorted(slices, key=_ORDER))
+        deps = (filter_mode, slices, endpoints.get(ident), rules.get(ident))
+        entry = memo_get(id(svc))
+        result = entry[2] if entry is not None and entry[0] is svc and entry[1] == deps else None
+        if result is None:
+            result = _compute(svc, filter_mode, *deps[1:])
+        memo_entries[id(svc)] = (svc, deps, result)
+        if not result.ports:
+            verdicts.append(result.verdict)
+            continue
+        if claims.keys().isdisjoint(result.claim_map):  # the usual case: no VIP conflict
+            claims.update(result.claim_map)
+            ports.update(result.port_map)
+            verdicts.append(result.verdict)
+            continue
+        kept = 0
+        for sp, port_claims in zip(result.ports, result.claims):
+            held = [c for c in port_claims if c in claims]
+            if held:  # an earlier (smaller) source holds this VIP:port/protocol
+                taken = claims[held[0]]
+                conflicts.append(Conflict(
+                    f"{_hostport(held[0][0], sp.port)}/{sp.key.protocol.value} claimed by "
+                    f"{taken.key.namespace}/{taken.key.name} and {svc.namespace}/{svc.name}",
+                    taken.source, svc.source))  # type: ignore[arg-type]
+                continue
+            for c in port_claims:
+                claims[c] = sp
+            ports[sp.key] = sp
+            kept += 1
+        verdicts.append(result.verdict if kept else ServiceVerdict(
+            svc.source, svc.namespace, svc.name, Verdict.SKIP, SkipReason.CONFLICT,
+            result.verdict.ports))
+    _memo.entries = memo_entries  # keep only what this build used (bounded by its size)
+
+    # Services that failed validation are listed too, so `validate` shows every Service.
+    invalid = [e for e in errors if e.kind == "Service" and e.document is not None and e.name]
+    if invalid:
+        seen = {v.source for v in verdicts}
+        for err in invalid:
+            source = SourceRef(err.file, err.document)  # type: ignore[arg-type]
+            if source not in seen:
+                seen.add(source)
+                needs_sort = True
+                verdicts.append(ServiceVerdict(source, err.namespace or DEFAULT_NAMESPACE,
+                                               err.name, Verdict.SKIP, SkipReason.INVALID))
+    if needs_sort:  # otherwise already in source order
+        verdicts.sort(key=lambda v: source_order(v.source))
+    return DesiredState(ports=ports, services=tuple(verdicts), errors=errors,
+                        conflicts=tuple(conflicts), ignored_kinds=dict(ignored))
+
+
+def _doc_key(document: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else -1 for p in document.split("/"))
+
+
+def source_order(source: SourceRef) -> tuple:
+    """Sort key of a source: file path, then document index numerically ("10" after "9")."""
+    return (source.file, _doc_key(source.document))
