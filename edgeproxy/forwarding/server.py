@@ -124,6 +124,7 @@ class ProxyServer:
         while time.monotonic() < deadline and any(s.active for s in services):
             gevent.sleep(0.05)
         for service in services:
+            service.stats.draining_closed = 1  # dials still in flight end in a reset
             service.abort_all()
         if self._housekeeper is not None:
             self._housekeeper.kill(block=False)

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 MAX_DATAGRAM = 65535
 RECV_BATCH = 64  # datagrams handled per readiness callback before yielding to other sockets
 _READ = 1
+_SOCK_NONBLOCK = getattr(_socket, "SOCK_NONBLOCK", 0)
 
 
 class Session:
@@ -145,8 +146,11 @@ class UdpService:
         except NoEndpointsError:
             return None
         family = _socket.AF_INET6 if ":" in ep.ip else _socket.AF_INET
-        sock = _socket.socket(family, _socket.SOCK_DGRAM)
-        sock.setblocking(False)
+        try:
+            sock = _socket.socket(family, _socket.SOCK_DGRAM | _SOCK_NONBLOCK)
+        except OSError as exc:  # out of descriptors: drop this datagram, keep serving others
+            log.warning("%s: cannot open a session socket: %s", self.name, exc)
+            return None
         try:
             sock.connect((ep.ip, ep.port))
         except OSError as exc:
