@@ -242,3 +242,43 @@ def test_ipv6_listener_and_endpoint(server, backends):
     with pytest.raises(OSError) as info:
         connect(port, "127.0.0.1", timeout=1)  # v6-only service: no IPv4 listener
     assert info.value.errno == errno.ECONNREFUSED
+
+
+def test_pipes_are_held_only_while_data_is_in_flight(server, backends):
+    b = backends(tag=b"b:")
+    srv = server()
+    port = srv.reconcile({key(): service("web", [b.endpoint])})[key()]
+    conns = [connect(port) for _ in range(20)]
+    for s in conns:
+        s.sendall(b"x" * 1000)
+        assert len(recv_exactly(s, 1002)) == 1002
+    svc = srv._services[key()]
+    assert all(c.up.pipe is None and c.down.pipe is None for c in svc.connections)
+    assert srv.pipes.open_pipes <= 2  # one pipe per direction in flight at a time, reused
+    for s in conns:
+        s.close()
+
+
+def test_exhausted_pipe_pool_falls_back_to_copy(server, backends):
+    data = os.urandom(3 << 20)
+
+    def handler(sock, addr):
+        sock.sendall(recv_all(sock))
+        sock.close()
+
+    b = backends(handler)
+    srv = server()
+    srv.pipes.max_pipes = 0  # nothing can be borrowed: every chunk goes through recv/send
+    port = srv.reconcile({key(): service("web", [b.endpoint])})[key()]
+    assert sha(request(port, data)) == sha(data)
+    assert srv.pipes.open_pipes == 0
+
+
+def recv_exactly(s, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return buf
