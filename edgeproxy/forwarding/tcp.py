@@ -3,13 +3,14 @@
 Shape (and why):
 
 * Accept runs as an io-watcher callback in the gevent hub: it accepts everything pending and
-  spawns one short-lived greenlet per connection for the setup (optional header peek, dial).
-  A slow or dead endpoint therefore never blocks accepting other clients (kube-proxy and
-  EdgeMesh dial inside the accept loop).
+  starts a `Dialer` per connection (non-blocking connect + write watcher + timeout timer; the
+  header-hash policy first peeks the request in a short-lived greenlet). A slow or dead
+  endpoint therefore never blocks accepting other clients (kube-proxy and EdgeMesh dial inside
+  the accept loop).
 * Dial: kube-proxy's attempt timeouts (250 ms, 500 ms, 1 s, 2 s), each attempt asking the
   balancer again with ``reset_affinity`` so a dead endpoint is skipped; when every attempt fails
   the client is closed with RST (SO_LINGER 0) and counted.
-* After the dial the greenlet ends. The relay is a state machine driven by io watchers, one
+* The relay is a state machine driven by io watchers, one
   read watcher per socket (write watchers only while a peer is slow): no greenlet, no buffer and
   no pipe is held by an idle connection, and a chunk costs one callback and two splice calls.
 * Half-close: EOF from one side becomes shutdown(SHUT_WR) on the other once the bytes in flight
