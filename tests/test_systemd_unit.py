@@ -179,8 +179,9 @@ def test_exec_start_runs_as_written_until_ready_then_stops_on_sigterm(unit, netn
         assert ready.stdout == "200"
 
         os.kill(proc.pid, signal.SIGTERM)
-        timeout = seconds(value(unit, "Service", "TimeoutStopSec"))
-        assert proc.wait(timeout=min(timeout, 30)) == 0
+        # No open connections: it should stop well within any TimeoutStopSec (the settings test
+        # checks that value); the watchdog/drain machinery must not hold the exit back.
+        assert proc.wait(timeout=20) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
