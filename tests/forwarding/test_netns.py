@@ -3,6 +3,7 @@ by hand, a node with no default route, dig against dnsmasq, and a black-holed en
 
 from __future__ import annotations
 
+import sys
 import time
 
 import gevent
@@ -177,3 +178,61 @@ def test_black_holed_endpoint_does_not_block_other_clients(netns, tmp_path):
         finally:
             srv.stop(0)
             live.stop()
+
+
+POD_CLIENT = """
+import socket, sys
+proto, vip, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+s = socket.socket(socket.AF_INET, kind)
+s.settimeout(3)
+s.connect((vip, port))
+s.send(b"from-pod")
+data, src = s.recvfrom(100) if proto == "udp" else (s.recv(100), s.getpeername())
+print(data.decode(), src[0], src[1])
+"""
+
+
+def test_pod_path_through_prerouting_tcp_and_udp(netns_factory, tmp_path):
+    from tests.support.netns import veth_pair
+
+    node, pod = netns_factory("epnode"), netns_factory("eppod")
+    veth_pair(pod, node, "198.18.0.2/24", "198.18.0.1/24")
+    pod.run(["ip", "route", "add", "default", "via", "198.18.0.1"])
+    with node.entered():
+        dummy("backend0", "198.18.1.11/32")
+        tcp_backend = Backend(host="198.18.1.11", tag=b"tcp:")
+        udp_sock = gsocket.socket(gsocket.AF_INET, gsocket.SOCK_DGRAM)
+        udp_sock.bind(("198.18.1.11", 0))
+
+        def udp_echo():
+            while True:
+                data, addr = udp_sock.recvfrom(65536)
+                udp_sock.sendto(b"udp:" + data, addr)
+
+        echo = gevent.spawn(udp_echo)
+        srv = ProxyServer(LISTEN, state_dir=tmp_path)
+        srv.start()
+        try:
+            t, u = key("echo", Protocol.TCP), key("echo", Protocol.UDP)
+            ports = srv.reconcile({
+                t: service("echo", [tcp_backend.endpoint], Protocol.TCP, vips=(VIP,)),
+                u: service("echo", [Endpoint("198.18.1.11", udp_sock.getsockname()[1])],
+                           Protocol.UDP, vips=(VIP,)),
+            })
+            for proto, k in (("tcp", t), ("udp", u)):
+                sh("iptables", "-t", "nat", "-A", "PREROUTING", "-d", VIP, "-p", proto,
+                   "--dport", "7000", "-j", "DNAT", "--to-destination",
+                   f"{LISTEN.ipv4}:{ports[k]}")
+            for proto in ("tcp", "udp"):
+                out = gsub.run(pod.command([sys.executable, "-c", POD_CLIENT, proto, VIP,
+                                            "7000"]),
+                               capture_output=True, text=True, timeout=10)
+                assert out.returncode == 0, out.stderr
+                # The pod sees the answer, and it comes from the VIP it asked.
+                assert out.stdout.split() == [f"{proto}:from-pod", VIP, "7000"]
+        finally:
+            srv.stop(0)
+            echo.kill()
+            udp_sock.close()
+            tcp_backend.stop()
