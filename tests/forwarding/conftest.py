@@ -5,17 +5,15 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import gevent
 import pytest
 from gevent import socket as gsocket
-from gevent.server import DatagramServer, StreamServer
+from gevent.server import StreamServer
 
 from edgeproxy.forwarding.ports import PortRange
 from edgeproxy.forwarding.server import ProxyServer
 from edgeproxy.model import (
     Endpoint,
     ListenAddresses,
-    LoadBalancerPolicy,
     Protocol,
     ServicePort,
     ServicePortKey,
@@ -118,5 +116,3 @@ def recv_all(s) -> bytes:
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
-
-__all__ = ["Backend", "DatagramServer", "LoadBalancerPolicy", "gevent"]
