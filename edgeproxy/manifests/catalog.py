@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from edgeproxy.model import KubeObject, LoadLimits, ManifestError
+from edgeproxy.state.builder import ChunkedObjects
 from edgeproxy.state.gcpause import gc_paused
 
 from .discovery import discover, is_manifest_name
@@ -222,12 +223,13 @@ class ManifestCatalog:
             self._order = sorted(names, key=str)
             self._order_set = set(self._order)
         files = {path: self._files[path] for path in self._order}
-        objects: list[KubeObject] = []
         errors: list[ManifestError] = list(self._root_problems)
         for info in files.values():
-            objects.extend(info.objects)
             errors.extend(info.errors)
-        return CatalogSnapshot(tuple(objects), tuple(errors), files, None)
+        # One chunk per file, the same tuple while the file is unchanged: build_state reuses
+        # its work per chunk (see ChunkedObjects).
+        objects = ChunkedObjects(info.objects for info in files.values() if info.objects)
+        return CatalogSnapshot(objects, tuple(errors), files, None)
 
 
 def _doc_order(document: str | None) -> tuple:

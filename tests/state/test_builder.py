@@ -246,3 +246,71 @@ def test_deterministic_under_shuffles() -> None:
         assert state.ports == reference.ports
         assert state.conflicts == reference.conflicts
         assert state.services == reference.services
+
+
+def test_chunked_reuse_matches_a_fresh_build(tmp_path: Path) -> None:
+    """Catalog snapshots let build_state reuse per-file work; after every kind of edit the
+    result must equal a from-scratch build of the same objects (a plain list: no reuse)."""
+    import os
+
+    from edgeproxy.manifests.catalog import ManifestCatalog
+
+    def svc(name: str, ip: str) -> str:
+        return (f"apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\n"
+                f"spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80}}]}}\n")
+
+    def eps(name: str, ip: str) -> str:
+        return (f"apiVersion: v1\nkind: Endpoints\nmetadata: {{name: {name}}}\n"
+                f"subsets: [{{addresses: [{{ip: {ip}}}], ports: [{{name: http, port: 8080}}]}}]\n")
+
+    def slice_(name: str, svc_name: str, ip: str) -> str:
+        return (f"apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
+                f"metadata: {{name: {name}, labels: {{kubernetes.io/service-name: {svc_name}}}}}\n"
+                f"addressType: IPv4\nports: [{{name: http, port: 9090}}]\n"
+                f"endpoints: [{{addresses: [{ip}]}}]\n")
+
+    files = {
+        "a.yaml": svc("a", "198.19.0.1") + "---\n" + svc("b", "198.19.0.2"),
+        "b.yaml": svc("c", "198.19.0.3"),
+        "c.yaml": eps("a", "198.18.0.1"),
+    }
+    edits = [
+        {"d.yaml": slice_("a-1", "a", "198.18.0.9")},  # slices elsewhere now win for a
+        {"e.yaml": slice_("a-2", "a", "198.18.0.10")},  # a's slices spread over two files
+        {"b.yaml": svc("c", "198.19.0.1")},  # VIP conflict with a (a.yaml sorts first)
+        {"b.yaml": svc("c", "198.19.0.3")},  # resolved
+        {"f.yaml": svc("c", "198.19.0.7")},  # duplicate Service across files
+        {"d.yaml": slice_("a-1", "a", "198.18.0.11")},  # an edit while the duplicate exists
+        {"f.yaml": None},  # duplicate gone: the edit above must show
+        {"c.yaml": eps("a", "198.18.0.2")},
+        {"d.yaml": None, "e.yaml": None},  # back to Endpoints
+        {"00.yaml": eps("b", "198.18.0.5")},  # a file sorting first
+    ]
+
+    def apply(changes: dict) -> None:
+        for name, text in changes.items():
+            path = tmp_path / name
+            if text is None:
+                path.unlink()
+            else:
+                old = path.stat().st_mtime_ns if path.exists() else 0
+                path.write_text(text)
+                os.utime(path, ns=(old + 10**9, old + 10**9))
+
+    apply(files)
+    catalog = ManifestCatalog(tmp_path)
+    for filter_mode in (FilterMode.FILTER_IF_LABEL_EXISTS, FilterMode.FILTER_IF_LABEL_EXISTS):
+        build_state(catalog.refresh().objects, filter_mode)
+    for step, changes in enumerate(edits):
+        apply(changes)
+        snapshot = catalog.refresh()
+        reused = build_state(snapshot.objects)
+        fresh = build_state(list(snapshot.objects))
+        assert reused.ports == fresh.ports, step
+        assert reused.services == fresh.services, step
+        assert reused.conflicts == fresh.conflicts, step
+        assert reused.ignored_kinds == fresh.ignored_kinds, step
+        again = build_state(snapshot.objects)  # and a chunked build right after a flat one
+        assert again.ports == fresh.ports and again.services == fresh.services, step
+    a_port = ServicePortKey("default", "a", "http", Protocol.TCP)
+    assert reused.ports[a_port].endpoints == (Endpoint("198.18.0.2", 8080),)
