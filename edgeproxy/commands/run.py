@@ -18,10 +18,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # gevent first: everything imported after this (sockets, subprocess, threading, watchdog)
-    # must be the cooperative version.
+    # must be the cooperative version. queue stays the stdlib one (built on the patched
+    # threading primitives, so still cooperative): watchdog subclasses queue.Queue in a way
+    # gevent's queue class breaks.
     from gevent import monkey
 
-    monkey.patch_all()
+    monkey.patch_all(queue=False)
 
     import logging
     import os

@@ -302,10 +302,13 @@ class Daemon:
                   cleanup=self.config.cleanup_on_exit, drain_grace=self.config.drain_grace)
         sdnotify.notify("STOPPING=1", self.environ)
         self.ready = False
-        if self.runner is not None:
-            self.runner.stop()
-        if self.watcher is not None:
-            self.watcher.stop()
+        for step in (self.runner, self.watcher):
+            try:
+                if step is not None:
+                    step.stop()
+            except Exception as exc:  # noqa: BLE001 - stopping must always reach the end
+                log_event(log, logging.WARNING, "stopping failed", what=type(step).__name__,
+                          error=str(exc))
         try:
             # Hand the traffic back first: kube-proxy's rules take over new connections while
             # ours drain.
@@ -321,7 +324,10 @@ class Daemon:
             self.exit_code = 1
             log_event(log, logging.ERROR, "stopping listeners failed", error=str(exc))
         for server in self.servers:
-            server.stop(timeout=1)
+            try:
+                server.stop(timeout=1)
+            except Exception:  # noqa: BLE001
+                pass
         self._done.set()
 
     def run_forever(self) -> int:

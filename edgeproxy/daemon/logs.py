@@ -60,7 +60,8 @@ class _BaseFormatter(logging.Formatter):
         self.journald = journald
 
     def _fields(self, record: logging.LogRecord) -> dict[str, Any]:
-        fields = dict(getattr(record, FIELDS_ATTR, None) or {})
+        fields = {k: v for k, v in (getattr(record, FIELDS_ATTR, None) or {}).items()
+                  if v is not None}
         suppressed = getattr(record, "edgeproxy_suppressed", 0)
         if suppressed:
             fields["suppressed"] = suppressed

@@ -23,11 +23,10 @@ class DaemonCollector(Collector):
     def collect(self) -> Iterator:
         d = self.daemon
         c = d.counters
-        cumulative, buckets = 0, []
+        buckets = []  # the daemon's counts are already cumulative (le semantics)
         for bound, count in zip(SYNC_BUCKETS, c.sync_duration_buckets):
             buckets.append((repr(bound), count))
         buckets.append(("+Inf", c.syncs_total))
-        del cumulative
         yield HistogramMetricFamily("edgeproxy_sync_duration_seconds",
                                     "Time of one manifests-to-rules sync",
                                     buckets=buckets, sum_value=c.sync_duration_sum)

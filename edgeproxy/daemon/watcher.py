@@ -103,7 +103,8 @@ class DirectoryWatcher:
                 continue  # a sibling of the root in the parent directory: not ours
             else:
                 changed.add(self._visible(path))
-        self.on_change(None if full else changed)
+        if full or changed:
+            self.on_change(None if full else changed)
 
     def _visible(self, path: Path) -> Path:
         """Map a path under the resolved target back under the configured root."""
