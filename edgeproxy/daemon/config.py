@@ -67,19 +67,8 @@ class DaemonConfig:
 
 
 def _validate(document: Any) -> list[tuple[str, str]]:
-    try:
-        from edgeproxy.manifests.validation import validate_instance
-    except ImportError:  # TEMPORARY until the foundation's validation module lands
-        import json
+    from edgeproxy.manifests.validation import validate_instance
 
-        import jsonschema
-
-        schema_path = Path(__file__).resolve().parents[2] / "schemas" / CONFIG_SCHEMA
-        schema = json.loads(schema_path.read_text())
-        validator = jsonschema.Draft202012Validator(
-            schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
-        return [(".".join(str(p) for p in error.absolute_path), error.message)
-                for error in validator.iter_errors(document)]
     return list(validate_instance(CONFIG_SCHEMA, document))
 
 
