@@ -55,6 +55,9 @@ _WRITE = 2
 _fallback_buffer = bytearray(FALLBACK_CHUNK)
 _fallback_view = memoryview(_fallback_buffer)
 _splice = getattr(os, "splice", None)
+SMALL_CHUNK = 16384
+_small_buffer = bytearray(SMALL_CHUNK)
+_small_view = memoryview(_small_buffer)
 _monotonic = time.monotonic
 _SOCK_STREAM_NONBLOCK = _socket.SOCK_STREAM | getattr(_socket, "SOCK_NONBLOCK", 0)
 
@@ -161,6 +164,30 @@ class Half:
         try:
             if not self.use_splice:
                 self._copy_rounds()
+                return
+            # Small messages (requests, responses, DNS) are cheapest as one recv + one send:
+            # no pipe to borrow and return. Only a full buffer hints at a bulk transfer, whose
+            # remainder then goes through a pipe with splice.
+            try:
+                n = self.src.recv_into(_small_buffer)
+            except BlockingIOError:
+                return
+            self.conn.last_active = _monotonic()
+            if n == 0:
+                self.eof = True
+                self.rw.stop()
+                self._finish()
+                return
+            try:
+                sent = self.dst.send(_small_view[:n])
+            except BlockingIOError:
+                sent = 0
+            self.count(sent)
+            if sent < n:
+                self.pending = bytes(_small_view[sent:n])
+                self._wait_writable()
+                return
+            if n < SMALL_CHUNK:
                 return
             pipe = self.pipe
             if pipe is None:
