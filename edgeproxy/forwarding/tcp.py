@@ -10,9 +10,10 @@ Shape (and why):
 * Dial: kube-proxy's attempt timeouts (250 ms, 500 ms, 1 s, 2 s), each attempt asking the
   balancer again with ``reset_affinity`` so a dead endpoint is skipped; when every attempt fails
   the client is closed with RST (SO_LINGER 0) and counted.
-* The relay is a state machine driven by io watchers, one
-  read watcher per socket (write watchers only while a peer is slow): no greenlet, no buffer and
-  no pipe is held by an idle connection, and a chunk costs one callback and two splice calls.
+* The relay is a state machine driven by io watchers, one read watcher per socket (write
+  watchers only while a peer is slow): no greenlet, no buffer and no pipe is held by an idle
+  connection. A wake-up moves a small message with one recv and one send through a shared
+  buffer; a burst that fills it continues zero-copy with splice through a pooled pipe.
 * Half-close: EOF from one side becomes shutdown(SHUT_WR) on the other once the bytes in flight
   are delivered; the other direction keeps flowing. A reset on either side closes both, passing
   the reset on.
