@@ -140,6 +140,10 @@ def main() -> int:
     parser.add_argument("--services", type=int, default=10000)
     parser.add_argument("--load-seconds", type=float, default=4.0,
                         help="length of each forwarding-latency window")
+    parser.add_argument("--default-route", action="store_true",
+                        help="give the node a default route (an online node): then edgeproxy "
+                             "adds no per-VIP routes; without it the node is offline and every "
+                             "captured VIP gets a route on edgeproxy0")
     args = parser.parse_args()
     reason = netns_unavailable_reason()
     if reason:
@@ -151,13 +155,16 @@ def main() -> int:
     workdir = tb.make_workdir("edgeproxy-bench-")
     root = tb.copy_examples(REPO / "config" / "examples", workdir / "manifests")
     with tb.Topology("epbench") as topo:
+        if args.default_route:
+            topo.node.run(["ip", "route", "add", "default", "via", tb.WEB_BACKENDS["web-1"]])
         daemon = tb.Daemon(topo.node, root, workdir,
                            extra_args=["--proxy-port-range", PORT_RANGE], nofile=65536)
         daemon.start()
         try:
             ready = daemon.wait_ready(timeout=30)
-            print(f"daemon ready in {ready:.2f} s; {args.trials} trials per scenario",
-                  file=sys.stderr)
+            print(f"daemon ready in {ready:.2f} s; {args.trials} trials per scenario; node "
+                  f"{'with a' if args.default_route else 'without (offline)'} default route",
+                  file=sys.stderr, flush=True)
             small = new_service_trials(topo, root, args.trials, 0)
             rows.append(("new service answering, small dir", len(small), small, 0.5))
 
@@ -171,7 +178,7 @@ def main() -> int:
                 time.sleep(0.05)
             load_time = time.monotonic() - start
             print(f"{args.services} services in {FILES} files served {load_time:.2f} s after "
-                  "writing them", file=sys.stderr)
+                  "writing them", file=sys.stderr, flush=True)
             time.sleep(1.0)
 
             large = new_service_trials(topo, root, args.trials, args.trials)
