@@ -1,0 +1,186 @@
+"""The Daemon with fakes that follow the foundation/rules/forwarding interfaces."""
+
+import re
+from pathlib import Path
+
+import gevent
+import pytest
+
+from edgeproxy.daemon.compute import Computed
+from edgeproxy.daemon.config import build_config
+from edgeproxy.daemon.core import Daemon
+from edgeproxy.daemon.http import healthz_app, healthz_verdict, metrics_app
+from edgeproxy.daemon.status import build_status, render_text
+from edgeproxy.forwarding.stats import ServiceStats
+from edgeproxy.model import (DesiredState, Endpoint, ManifestError, Protocol, ServicePort,
+                             ServicePortKey, ServiceVerdict, SkipReason, SourceRef, Verdict)
+
+
+def port(name, vip):
+    key = ServicePortKey("default", name, "", Protocol.TCP)
+    return key, ServicePort(key, 80, (vip,), endpoints=(Endpoint("198.18.1.11", 8080),))
+
+
+def state(*names, errors=()):
+    ports = dict(port(n, f"198.19.0.{i + 10}") for i, n in enumerate(names))
+    skipped = ServiceVerdict(SourceRef("m.yaml", "9"), "monitoring", "metrics", Verdict.SKIP,
+                             SkipReason.LABEL)
+    return DesiredState(ports=ports, services=(skipped,), errors=tuple(errors))
+
+
+class FakeComputer:
+    def __init__(self):
+        self.next = Computed(state("a", "b", "c", "d"), None, 4)
+        self.calls = []
+
+    def compute(self, paths):
+        self.calls.append(paths)
+        return self.next
+
+
+class FakeProxy:
+    def __init__(self):
+        self.calls, self.ports = [], {}
+
+    def start(self):
+        self.calls.append("start")
+
+    def reconcile(self, ports):
+        self.calls.append(("reconcile", set(ports)))
+        self.ports = {k: self.ports.get(k, 61000 + len(self.ports)) for k in ports}
+        return dict(self.ports)
+
+    def sync_routes(self, vips):
+        self.calls.append("routes")
+
+    def stats(self):
+        return {k: ServiceStats(active_connections=2, bytes_in=100) for k in self.ports}
+
+    def stop(self, grace=None):
+        self.calls.append("stop")
+
+
+class FakeKeeper:
+    def __init__(self, log):
+        self.log = log
+        self.repairs_total = 1
+        self.last_repair_descriptions = ["jump moved"]
+        self.apply_errors_total = 0
+
+    def update(self, ruleset):
+        self.log.append(("rules", set(ruleset)))
+
+    def start(self):
+        self.log.append("keeper-start")
+
+    def stop(self, cleanup):
+        self.log.append(("keeper-stop", cleanup))
+
+
+@pytest.fixture
+def daemon():
+    config = build_config({"config": None, "healthz_bind_address": "127.0.0.1:0",
+                           "metrics_bind_address": "127.0.0.1:0", "manifests": "/nonexistent",
+                           "drain_grace": "0s"})
+    computer, proxy = FakeComputer(), FakeProxy()
+    keeper = FakeKeeper(proxy.calls)
+    d = Daemon(config, factories={"computer": lambda: computer, "proxy": lambda: proxy,
+                                  "keeper": lambda: keeper,
+                                  "render": lambda: lambda ports, pp, listen: dict(pp)},
+               watch=False, environ={})
+    d.start()
+    yield d
+    d.shutdown("test")
+    d._done.wait(5)
+
+
+def test_start_order_listeners_before_rules_then_ready(daemon):
+    calls = daemon.proxy.calls
+    assert calls[0] == "start"
+    assert calls.index(("rules", set(daemon.applied.ports))) > [
+        i for i, c in enumerate(calls) if isinstance(c, tuple) and c[0] == "reconcile"][0]
+    assert calls.index("keeper-start") > calls.index("routes")
+    assert daemon.ready and len(daemon.proxy_ports) == 4
+
+
+def test_removal_rules_before_listeners_close(daemon):
+    daemon.computer.next = Computed(state("a", "b", "c"), None, 4)
+    daemon.sync()
+    tail = daemon.proxy.calls[-4:]
+    # union reconcile keeps "d" listening while the rules without it are applied
+    assert tail[0][0] == "reconcile" and len(tail[0][1]) == 4
+    assert tail[1][0] == "rules" and len(tail[1][1]) == 3
+    assert tail[2] == ("reconcile", set(daemon.applied.ports)) and len(daemon.applied.ports) == 3
+
+
+def test_mass_removal_held_until_confirmed(daemon):
+    daemon.computer.next = Computed(state("a"), None, 1)
+    daemon.sync()
+    assert daemon.held is not None and len(daemon.applied.ports) == 4
+    doc = build_status(daemon)
+    assert doc["guard"]["held"] and "3 of 4" in doc["guard"]["reason"]
+    assert "HELD" in render_text(doc)
+    assert daemon.confirm_removal()
+    daemon.sync()
+    assert daemon.held is None and len(daemon.applied.ports) == 1
+    assert not daemon.confirm_removal()
+
+
+def test_empty_root_held(daemon):
+    daemon.computer.next = Computed(state(), "manifest root /x does not exist", 0)
+    daemon.sync()
+    assert daemon.held is not None and len(daemon.applied.ports) == 4
+
+
+def test_status_lists_services_skipped_and_errors(daemon):
+    err = ManifestError("/m/bad.yaml", "0", "Service", "default", "x", "spec.ports[0].port",
+                        "must be 1-65535")
+    daemon.computer.next = Computed(state("a", "b", "c", "d", errors=[err]), None, 4, errors=(err,))
+    daemon.sync()
+    text = render_text(build_status(daemon))
+    assert re.search(r"default/a 198\.19\.0\.10:80/TCP -> :610\d\d -> 198\.18\.1\.11:8080", text)
+    assert "monitoring/metrics: label" in text
+    assert "/m/bad.yaml document 0 Service default/x spec.ports[0].port: must be 1-65535" in text
+
+
+def _call(app, path, method="GET"):
+    out = {}
+
+    def start_response(status, headers):
+        out["status"] = status
+
+    body = b"".join(app({"PATH_INFO": path, "REQUEST_METHOD": method}, start_response))
+    return out["status"], body.decode()
+
+
+def test_http_endpoints(daemon):
+    app = healthz_app(daemon)
+    assert _call(app, "/readyz")[0].startswith("200")
+    status, body = _call(app, "/healthz")
+    assert status.startswith("200") and "lastUpdated" in body and "currentTime" in body
+    assert _call(app, "/confirm-removal")[0].startswith("405")
+    assert _call(app, "/confirm-removal", "POST")[0].startswith("409")
+
+
+def test_healthz_503_when_change_waits_too_long():
+    assert healthz_verdict(None, 100.0, 1.0)
+    assert healthz_verdict(99.0, 100.0, 1.0)
+    assert not healthz_verdict(97.0, 100.0, 1.0)
+
+
+def test_metrics_from_plain_counters(daemon):
+    status, body = _call(metrics_app(daemon), "/metrics")
+    assert status.startswith("200")
+    assert "edgeproxy_services_proxied 4.0" in body
+    assert 'edgeproxy_services_skipped{reason="label"} 1.0' in body
+    assert 'edgeproxy_active_connections{protocol="TCP",service="default/a"} 2.0' in body
+    assert "edgeproxy_chain_repairs_total 1.0" in body
+    assert 'edgeproxy_sync_duration_seconds_bucket{le="+Inf"}' in body
+
+
+def test_shutdown_hands_traffic_back_first(daemon):
+    daemon.shutdown("SIGTERM")
+    assert daemon._done.wait(5)
+    calls = daemon.proxy.calls
+    assert calls.index(("keeper-stop", True)) < calls.index("stop")
+    assert daemon.exit_code == 0
