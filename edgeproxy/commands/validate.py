@@ -71,6 +71,10 @@ def build_report(objects, state) -> dict:
                 "endpoints": [str(e) for e in proxied.endpoints] if proxied else [],
                 "proxied": proxied is not None,
             }
+            if proxied is not None and proxied.lb_policy.source is not None:
+                policy = proxied.lb_policy
+                entry["lbPolicy"] = policy.kind.value + (
+                    f" {policy.http_header_name}" if policy.http_header_name else "")
             ports.append(entry)
         services.append({
             "file": verdict.source.file,
@@ -108,7 +112,8 @@ def render_text(report: dict, state) -> str:
                 lines.append(f"         {label}: not proxied ({why})")
                 continue
             backends = ", ".join(p["endpoints"]) or "no ready endpoints"
-            lines.append(f"         {label} on {', '.join(p['vips'])} -> {backends}")
+            policy = f" ({p['lbPolicy']})" if "lbPolicy" in p else ""
+            lines.append(f"         {label} on {', '.join(p['vips'])} -> {backends}{policy}")
     for c in report["conflicts"]:
         lines.append(f"conflict: {c['what']}: {c['winner']} wins over {c['loser']}")
     if report["ignoredKinds"]:

@@ -121,6 +121,9 @@ class _Memo:
 
 
 _memo = _Memo()
+# One token: whoever pops it uses the shared memo; a concurrent caller (the daemon computes in
+# a native thread) gets a private, empty one instead of corrupting it. list.pop is atomic.
+_memo_token = [True]
 
 def _policy(rule: KubeObject | None) -> LoadBalancerPolicy:
     if rule is None:
@@ -236,8 +239,16 @@ def build_state(objects: Iterable[KubeObject],
                 filter_mode: FilterMode = FilterMode.FILTER_IF_LABEL_EXISTS,
                 errors: Iterable[ManifestError] = ()) -> DesiredState:
     """The desired state of a set of validated objects (see the module docstring)."""
-    with gc_paused():
-        return _build(objects, FilterMode(filter_mode), tuple(errors))
+    try:
+        _memo_token.pop()
+    except IndexError:
+        with gc_paused():
+            return _build(_Memo(), objects, FilterMode(filter_mode), tuple(errors))
+    try:
+        with gc_paused():
+            return _build(_memo, objects, FilterMode(filter_mode), tuple(errors))
+    finally:
+        _memo_token.append(True)
 
 
 def _group(objects: Iterable[KubeObject]) -> _Groups:
@@ -275,10 +286,10 @@ def _chunk(objects: tuple[KubeObject, ...]) -> _Chunk:
                   tables, idents)
 
 
-def _merge_chunks(chunks: tuple[tuple[KubeObject, ...], ...]) -> tuple[_Groups, list[_Chunk],
+def _merge_chunks(memo: _Memo, chunks: tuple[tuple[KubeObject, ...], ...]) -> tuple[_Groups, list[_Chunk],
                                                                         set] | None:
     """Merged groups, the chunks and the dirty idents; None when duplicates need the full path."""
-    previous = _memo.chunks
+    previous = memo.chunks
     current: dict[int, _Chunk] = {}
     parts: list[_Chunk] = []
     dirty: set[tuple[str, str]] = set()
@@ -292,7 +303,7 @@ def _merge_chunks(chunks: tuple[tuple[KubeObject, ...], ...]) -> tuple[_Groups, 
     for key, part in previous.items():
         if current.get(key) is not part:
             dirty |= part.idents  # a removed or replaced chunk
-    _memo.chunks = current
+    memo.chunks = current
     winners: dict[str, dict[tuple[str, str], KubeObject]] = {k: {} for k in _USED_KINDS}
     ignored: dict[str, int] = defaultdict(int)
     with_slices: list[dict] = []
@@ -334,11 +345,11 @@ def _fall_back(parts: list[_Chunk]) -> None:
     return None
 
 
-def _build(objects: Iterable[KubeObject], filter_mode: FilterMode,
+def _build(memo: _Memo, objects: Iterable[KubeObject], filter_mode: FilterMode,
            errors: tuple[ManifestError, ...]) -> DesiredState:
     merged = None
     if isinstance(objects, ChunkedObjects):
-        merged = _merge_chunks(objects.chunks)
+        merged = _merge_chunks(memo, objects.chunks)
     if merged is not None:
         groups, parts, dirty = merged
         batches = [(part.services, part) for part in parts]
@@ -364,9 +375,9 @@ def _build(objects: Iterable[KubeObject], filter_mode: FilterMode,
                                            SkipReason.CONFLICT, _all_keys(obj)))
     ports: dict[ServicePortKey, ServicePort] = {}
     claims: dict[str, ServicePort] = {}
-    memo_entries: dict[int, tuple] = {} if merged is None else _memo.entries
+    memo_entries: dict[int, tuple] = {} if merged is None else memo.entries
     no_slices: tuple = ()
-    memo_get = _memo.entries.get
+    memo_get = memo.entries.get
     for services, part in batches:
         if part is not None and part.result is not None and part.result[0] == filter_mode \
                 and part.idents.isdisjoint(dirty) \
@@ -428,12 +439,12 @@ def _build(objects: Iterable[KubeObject], filter_mode: FilterMode,
             part.result = (filter_mode, chunk_ports, chunk_claims, tuple(chunk_verdicts)) \
                 if clean else None
     if merged is None:
-        _memo.entries = memo_entries  # keep only what this build used (bounded by its size)
+        memo.entries = memo_entries  # keep only what this build used (bounded by its size)
     else:
         # Chunked builds only add entries; drop the dead ones now and then (bounded memory).
         if len(memo_entries) > 2 * sum(len(p.services) for p in parts) + 1000:
             live = {id(svc) for p in parts for svc in p.services}
-            _memo.entries = {k: v for k, v in memo_entries.items() if k in live}
+            memo.entries = {k: v for k, v in memo_entries.items() if k in live}
 
     # Services that failed validation are listed too, so `validate` shows every Service.
     invalid = [e for e in errors if e.kind == "Service" and e.document is not None and e.name]

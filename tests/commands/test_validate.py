@@ -24,7 +24,8 @@ def test_examples_are_valid_and_show_the_skipped_service() -> None:
     result = run_cli(str(EXAMPLES))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "skip   monitoring/node-metrics" in result.stdout and ": label" in result.stdout
-    assert "198.19.0.10 -> 198.18.1.11:8080, 198.18.1.12:8080" in result.stdout
+    assert "198.19.0.10 -> 198.18.1.11:8080, 198.18.1.12:8080 (CONSISTENT_HASH_HTTP_HEADER x-user)" \
+        in result.stdout
     assert "Traceback" not in result.stderr
 
 

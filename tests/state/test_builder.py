@@ -314,3 +314,18 @@ def test_chunked_reuse_matches_a_fresh_build(tmp_path: Path) -> None:
         assert again.ports == fresh.ports and again.services == fresh.services, step
     a_port = ServicePortKey("default", "a", "http", Protocol.TCP)
     assert reused.ports[a_port].endpoints == (Endpoint("198.18.0.2", 8080),)
+
+
+def test_concurrent_caller_gets_a_private_memo() -> None:
+    from edgeproxy.state import builder
+
+    objs = objects(SVC + "---" + SLICE)
+    shared = build_state(objs)
+    token = builder._memo_token.pop()  # as if another thread were building right now
+    try:
+        private = build_state(objs)
+    finally:
+        builder._memo_token.append(token)
+    assert private.ports == shared.ports
+    assert private.ports[HTTP] is not shared.ports[HTTP]  # computed afresh, memo untouched
+    assert build_state(objs).ports[HTTP] is shared.ports[HTTP]
