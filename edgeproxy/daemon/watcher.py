@@ -69,6 +69,8 @@ class DirectoryWatcher:
             def on_any_event(self, event) -> None:  # noqa: D401 - watchdog's callback
                 if event.event_type in ("opened", "closed_no_write"):
                     return
+                if event.is_directory and event.event_type == "modified":
+                    return  # the file event that caused it names the file itself
                 paths = [os.fsdecode(event.src_path)]
                 if getattr(event, "dest_path", ""):
                     paths.append(os.fsdecode(event.dest_path))
