@@ -111,8 +111,11 @@ def validate_instance(schema_name: str, instance: Any) -> list[tuple[str, str]]:
         _fast_validator(schema_name, directory)(instance)
         return []
     except Exception as fast_error:  # noqa: BLE001 - JsonSchemaException, or odd types
-        errors = sorted(_slow_validator(schema_name, directory).iter_errors(instance),
-                        key=lambda e: [str(p) for p in e.absolute_path])
+        try:
+            errors = sorted(_slow_validator(schema_name, directory).iter_errors(instance),
+                            key=lambda e: [str(p) for p in e.absolute_path])
+        except (RecursionError, TypeError, ValueError) as exc:  # non-string keys, deep nesting
+            return [("", f"cannot be validated: {exc.__class__.__name__}: {exc}")]
         if errors:
             return [(_field_path(e.absolute_path), _message(e)) for e in errors]
         return [("", str(fast_error))]

@@ -180,3 +180,26 @@ def test_validate_instance_any_schema(tmp_path: Path, monkeypatch) -> None:
     assert validate_instance("thing.schema.json", {"ip": "198.18.0.1", "n": 1}) == []
     assert validate_instance("thing.schema.json", {"ip": "198.18.0.256", "n": "x"}) == [
         ("ip", "'198.18.0.256' is not a 'ipv4'"), ("n", "'x' is not of type 'integer'")]
+
+
+@pytest.mark.parametrize("text", [
+    "apiVersion: v1\nkind: Service\nmetadata: {name: a, labels: {80: [x]}}\nspec: {ports: [{port: 1}]}\n",
+    "apiVersion: v1\nkind: Service\nmetadata: [a]\n",
+    "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [7, null, {port: !!binary aGk=}]}\n",
+    "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: " + "[" * 500 + "]" * 500 + "\n",
+    "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: a}\naddressType: IPv4\n"
+    "endpoints: [{addresses: [1]}, {addresses: []}, null]\nports: [{port: null}]\n",
+    "apiVersion: v1\nkind: Endpoints\nmetadata: {name: a}\nsubsets: [{addresses: [{ip: null}]}]\n",
+    "apiVersion: 1\nkind: {a: b}\n",
+    "kind: List\nitems: {not: a list}\n",
+])
+def test_hostile_documents_give_errors_not_exceptions(tmp_path: Path, text: str) -> None:
+    from edgeproxy.manifests import load_objects
+    from edgeproxy.state import build_state
+
+    (tmp_path / "x.yaml").write_text(text)
+    objects, errors = load_objects([tmp_path])
+    build_state(objects, errors=errors)
+    assert errors or all(o.kind not in ("Service", "Endpoints", "EndpointSlice") for o in objects)
+    for err in errors:
+        assert err.file.endswith("x.yaml") and err.message
