@@ -50,8 +50,13 @@ def test_run_ready_status_and_sigterm_removes_rules(netns, tmp_path):
             time.sleep(0.1)
         else:
             pytest.fail("deleted file still served")
+        proc.send_signal(signal.SIGHUP)  # full reload keeps serving
+        time.sleep(0.5)
+        assert '"ready": true' in _curl(netns, "http://127.0.0.1:10266/readyz")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+        log = proc.stdout.read()
+        assert "reload requested" in log and "Traceback" not in log
     finally:
         if proc.poll() is None:
             proc.kill()
