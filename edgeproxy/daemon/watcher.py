@@ -121,7 +121,9 @@ class DirectoryWatcher:
         from watchdog.observers import Observer
 
         self._async = gevent.get_hub().loop.async_()
-        self._async.start(self._drain)
+        # The async callback runs inside the loop, where nothing may block or switch; the
+        # drain (which may re-schedule watches, taking locks) runs in its own greenlet.
+        self._async.start(lambda: gevent.spawn(self._drain))
         self._observer = Observer()
         self._observer.daemon = True
         self._handler_obj = self._handler()
