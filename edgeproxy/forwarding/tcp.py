@@ -57,6 +57,7 @@ _fallback_buffer = bytearray(FALLBACK_CHUNK)
 _fallback_view = memoryview(_fallback_buffer)
 _splice = getattr(os, "splice", None)
 SMALL_CHUNK = 16384
+BULK_HINT = 4096
 _small_buffer = bytearray(SMALL_CHUNK)
 _small_view = memoryview(_small_buffer)
 _monotonic = time.monotonic
@@ -115,7 +116,7 @@ class Half:
     """One direction of a relay: bytes read from ``src`` are written to ``dst``."""
 
     __slots__ = ("conn", "src", "dst", "src_fd", "dst_fd", "rw", "ww", "pipe", "inflight",
-                 "pending", "eof", "done", "use_splice", "pool", "stats", "upstream")
+                 "pending", "eof", "done", "use_splice", "pool", "stats", "upstream", "bulk")
 
     def __init__(self, conn: "Connection", src: _socket.socket, dst: _socket.socket,
                  loop, use_splice: bool) -> None:
@@ -130,6 +131,7 @@ class Half:
         self.eof = False
         self.done = False
         self.use_splice = use_splice
+        self.bulk = False  # streaming: skip the small-message copy and splice directly
         self.pool = conn.service.pipes
         self.stats = conn.service.stats
         self.upstream = src is conn.client  # client -> endpoint direction
@@ -167,29 +169,34 @@ class Half:
                 self._copy_rounds()
                 return
             # Small messages (requests, responses, DNS) are cheapest as one recv + one send:
-            # no pipe to borrow and return. Only a full buffer hints at a bulk transfer, whose
-            # remainder then goes through a pipe with splice.
-            try:
-                n = self.src.recv_into(_small_buffer)
-            except BlockingIOError:
-                return
-            self.conn.last_active = _monotonic()
-            if n == 0:
-                self.eof = True
-                self.rw.stop()
-                self._finish()
-                return
-            try:
-                sent = self.dst.send(_small_view[:n])
-            except BlockingIOError:
-                sent = 0
-            self.count(sent)
-            if sent < n:
-                self.pending = bytes(_small_view[sent:n])
-                self._wait_writable()
-                return
-            if n < SMALL_CHUNK:
-                return
+            # no pipe to borrow and return. A read of BULK_HINT bytes or more marks a stream,
+            # which from then on goes through a pipe with splice (copying a fast stream in
+            # small reads would cost a core).
+            if not self.bulk:
+                try:
+                    n = self.src.recv_into(_small_buffer)
+                except BlockingIOError:
+                    return
+                self.conn.last_active = _monotonic()
+                if n == 0:
+                    self.eof = True
+                    self.rw.stop()
+                    self._finish()
+                    return
+                try:
+                    sent = self.dst.send(_small_view[:n])
+                except BlockingIOError:
+                    sent = 0
+                self.count(sent)
+                if sent < n:
+                    self.pending = bytes(_small_view[sent:n])
+                    self._wait_writable()
+                    return
+                if n < BULK_HINT:
+                    return
+                # A stream: splice from now on. Sticky on purpose: flipping back on every short
+                # read would send 16 KiB pieces with TCP_NODELAY in the middle of a stream.
+                self.bulk = True
             pipe = self.pipe
             if pipe is None:
                 pipe = self.pool.get()
