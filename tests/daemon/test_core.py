@@ -184,3 +184,37 @@ def test_shutdown_hands_traffic_back_first(daemon):
     calls = daemon.proxy.calls
     assert calls.index(("keeper-stop", True)) < calls.index("stop")
     assert daemon.exit_code == 0
+
+
+def test_sd_notify_ready_watchdog_and_stopping(tmp_path):
+    import os
+    import socket
+
+    path = str(tmp_path / "notify")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    server.settimeout(2)
+    config = build_config({"config": None, "healthz_bind_address": "127.0.0.1:0",
+                           "metrics_bind_address": "127.0.0.1:0", "drain_grace": "0s"})
+    proxy = FakeProxy()
+    d = Daemon(config, factories={"computer": FakeComputer, "proxy": lambda: proxy,
+                                  "keeper": lambda: FakeKeeper(proxy.calls),
+                                  "render": lambda: lambda ports, pp, listen: dict(pp)},
+               watch=False,
+               environ={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000",
+                        "WATCHDOG_PID": str(os.getpid())})
+    d.start()
+    gevent.sleep(0.12)  # pings every 50 ms (half of WATCHDOG_USEC)
+    d.shutdown("SIGTERM")
+    assert d._done.wait(5)
+    messages = []
+    server.settimeout(0.2)
+    try:
+        while True:
+            messages.append(server.recv(100).decode())
+    except socket.timeout:
+        pass
+    server.close()
+    assert messages[0].startswith("READY=1")
+    assert messages.count("WATCHDOG=1") >= 2
+    assert messages[-1] == "STOPPING=1"
