@@ -76,7 +76,8 @@ def answers(topo: tb.Topology, vip: str, expect: str | None = None) -> bool:
     return expect is None or body == expect
 
 
-def new_service_trials(topo: tb.Topology, root: Path, trials: int, first: int) -> list[float]:
+def new_service_trials(topo: tb.Topology, daemon: tb.Daemon, root: Path, trials: int,
+                       first: int) -> list[float]:
     """Seconds from rename to first answer, one new service per trial."""
     results = []
     for n in range(first, first + trials):
@@ -88,7 +89,8 @@ def new_service_trials(topo: tb.Topology, root: Path, trials: int, first: int) -
             if time.monotonic() - start > TRIAL_TIMEOUT:
                 # Counted as a miss (infinite latency); later trials would only queue behind it.
                 print(f"bench-{n} ({vip}) did not answer within {TRIAL_TIMEOUT:.0f} s; "
-                      "scenario stopped", file=sys.stderr, flush=True)
+                      "scenario stopped. End of the daemon's log:\n"
+                      f"{daemon.log_tail(8)}", file=sys.stderr, flush=True)
                 results.append(float("inf"))
                 return results
             time.sleep(0.005)
@@ -170,7 +172,7 @@ def main() -> int:
             print(f"daemon ready in {ready:.2f} s; {args.trials} trials per scenario; node "
                   f"{'with a' if args.default_route else 'without (offline)'} default route",
                   file=sys.stderr, flush=True)
-            small = new_service_trials(topo, root, args.trials, 0)
+            small = new_service_trials(topo, daemon, root, args.trials, 0)
             rows.append(("new service answering, small dir", len(small), small, 0.5))
 
             start = time.monotonic()
@@ -186,7 +188,7 @@ def main() -> int:
                   "writing them", file=sys.stderr, flush=True)
             time.sleep(1.0)
 
-            large = new_service_trials(topo, root, args.trials, args.trials)
+            large = new_service_trials(topo, daemon, root, args.trials, args.trials)
             rows.append((f"new service answering, {args.services:,} loaded", len(large), large,
                          1.0))
 
