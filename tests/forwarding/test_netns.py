@@ -194,10 +194,10 @@ print(data.decode(), src[0], src[1])
 
 
 def test_pod_path_through_prerouting_tcp_and_udp(netns_factory, tmp_path):
-    from tests.support.netns import veth_pair
+    from edgeproxy.netns import veth_pair
 
     node, pod = netns_factory("epnode"), netns_factory("eppod")
-    veth_pair(pod, node, "198.18.0.2/24", "198.18.0.1/24")
+    veth_pair(pod, node, ["198.18.0.2/24"], ["198.18.0.1/24"])
     pod.run(["ip", "route", "add", "default", "via", "198.18.0.1"])
     with node.entered():
         dummy("backend0", "198.18.1.11/32")
