@@ -206,6 +206,7 @@ class Daemon:
         old = self.applied
         if new == old and not self._force_apply and self.proxy_ports:
             self.applied = new  # same services, maybe new verdicts/errors for status
+            self._sync_routes(new)  # cheap unless a periodic routing recheck is due
             return
         force, self._force_apply = self._force_apply, False
         union = {**old.ports, **new.ports}
@@ -216,16 +217,19 @@ class Daemon:
         if any(k not in new.ports for k in union):
             proxy_ports = self.proxy.reconcile(new.ports)
         self.proxy_ports = {k: v for k, v in proxy_ports.items() if k in new.ports}
-        vips = {vip for sp in new.ports.values() for vip in sp.vips}
-        try:
-            self.proxy.sync_routes(vips)
-        except Exception as exc:  # noqa: BLE001 - routes matter only on offline nodes
-            log_event(log, logging.WARNING, "syncing routes failed", error=str(exc))
+        self._sync_routes(new)
         self.applied = new
         added = len([k for k in new.ports if k not in old.ports])
         removed = len([k for k in old.ports if k not in new.ports])
         log_event(log, logging.INFO, "sync applied", ports=len(new.ports), added=added,
                   removed=removed, errors=len(new.errors), forced=force or None)
+
+    def _sync_routes(self, state: Any) -> None:
+        vips = {vip for sp in state.ports.values() for vip in sp.vips}
+        try:
+            self.proxy.sync_routes(vips)
+        except Exception as exc:  # noqa: BLE001 - routes matter only on offline nodes
+            log_event(log, logging.WARNING, "syncing routes failed", error=str(exc))
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:

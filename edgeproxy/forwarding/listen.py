@@ -7,14 +7,17 @@
   packet is routed *before* nat OUTPUT runs, so without any route ``connect()`` to a VIP fails
   with ENETUNREACH and never reaches the DNAT rule. A host route ``VIP dev edgeproxy0`` is added
   only when ``ip route get VIP`` fails, with ``ip route add`` (never ``replace``: an existing
-  route is never overridden), and removed when the VIP is no longer captured.
+  route is never overridden), and removed when the VIP is no longer captured. All lookups and
+  changes of one sync run in a single `ip -batch` process.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import subprocess
+import time
 from typing import Callable, Iterable, Sequence
 
 from edgeproxy.model import ListenAddresses
@@ -76,30 +79,127 @@ def _host_prefix(vip: str) -> str:
     return f"{vip}/128" if ipaddress.ip_address(vip).version == 6 else f"{vip}/32"
 
 
-class RouteKeeper:
-    """Adds and removes host routes for captured VIPs on edgeproxy's interface."""
+BatchRunner = Callable[[Sequence[Sequence[str]]], list[str | None]]
 
-    def __init__(self, listen: ListenAddresses, run: Runner = run_ip) -> None:
+# `ip -batch` reports a failed line as "Command failed -:N" (1-based) after its error message.
+_FAILED_LINE = re.compile(r"^Command failed -:(\d+)\s*$")
+
+
+def run_ip_batch(commands: Sequence[Sequence[str]]) -> list[str | None]:
+    """Run many `ip` commands in one process (``ip -force -batch -``): 10,000 route lookups
+    take ~60 ms this way instead of ~20 s as separate processes. Returns, per command, None
+    on success or its error message. Batch lines cannot carry ``-6``: ip infers the family
+    from the address."""
+    if not commands:
+        return []
+    text = "".join(" ".join(argv) + "\n" for argv in commands)
+    try:
+        from gevent import subprocess as gsubprocess
+        result = gsubprocess.run(["ip", "-force", "-batch", "-"], input=text,
+                                 capture_output=True, text=True, timeout=60)
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        result = subprocess.run(["ip", "-force", "-batch", "-"], input=text,
+                                capture_output=True, text=True, timeout=60)
+    outcome: list[str | None] = [None] * len(commands)
+    message: list[str] = []
+    for line in result.stderr.splitlines():
+        failed = _FAILED_LINE.match(line)
+        if failed is None:
+            message.append(line.strip())
+            continue
+        index = int(failed.group(1)) - 1
+        if 0 <= index < len(outcome):
+            outcome[index] = "; ".join(m for m in message if m) or "failed"
+        message = []
+    if result.returncode != 0 and all(o is None for o in outcome):
+        # ip itself failed (not a single line): treat every command as failed.
+        error = result.stderr.strip() or f"ip -batch exited {result.returncode}"
+        outcome = [error] * len(commands)
+    return outcome
+
+
+class RouteKeeper:
+    """Adds and removes host routes for captured VIPs on edgeproxy's interface.
+
+    Cheap enough to call on every sync with 10,000 VIPs: a VIP is looked up only when it is
+    new, and all lookups and changes of one sync go through one `ip -batch` process. Every
+    ``recheck_interval`` seconds the node's routing is looked at again as a whole: VIPs
+    routable before are looked up again (the default route may have gone), and routes we
+    added but someone removed are added again.
+    """
+
+    def __init__(self, listen: ListenAddresses, run: Runner = run_ip,
+                 run_batch: BatchRunner = run_ip_batch, recheck_interval: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.listen = listen
         self.run = run
+        self.run_batch = run_batch
+        self.recheck_interval = recheck_interval
+        self.clock = clock
         self.added: set[str] = set()
+        self.routable: set[str] = set()  # looked up and routed by the node itself
+        self._last_recheck = float("-inf")  # the first sync looks at everything
+
+    def _routes_on_interface(self) -> set[str] | None:
+        """The host routes on our interface (None when they cannot be listed)."""
+        found: set[str] = set()
+        for family in ("-4", "-6"):
+            result = self.run([family, "-o", "route", "show", "dev", self.listen.interface])
+            if result.returncode != 0:
+                return None
+            for line in result.stdout.splitlines():
+                dest = line.split(" ", 1)[0]
+                if "/" in dest or " proto kernel" in line:
+                    continue  # not a host route we add (e.g. the kernel's own for our address)
+                try:
+                    found.add(str(ipaddress.ip_address(dest)))
+                except ValueError:
+                    continue
+        return found
+
+    def _recheck(self) -> None:
+        self.routable.clear()  # look every VIP up again
+        present = self._routes_on_interface()
+        if present is not None:
+            for vip in self.added - present:
+                log.warning("route %s dev %s disappeared; checking again", _host_prefix(vip),
+                            self.listen.interface)
+            # Host routes on our own interface are ours, also those of a run that was killed
+            # before it could remove them: adopt them so they are removed when not wanted.
+            self.added = present
 
     def sync(self, vips: Iterable[str]) -> set[str]:
         """Make routes match ``vips``; returns the VIPs that have a route added by us."""
         wanted = {str(ipaddress.ip_address(v)) for v in vips}
-        for vip in sorted(self.added - wanted):
-            self.run(["route", "del", _host_prefix(vip), "dev", self.listen.interface])
-            self.added.discard(vip)
-        for vip in sorted(wanted - self.added):
-            if self.run(["route", "get", vip]).returncode == 0:
-                continue  # the node already routes it (default route or more specific)
-            result = self.run(["route", "add", _host_prefix(vip), "dev", self.listen.interface])
-            if result.returncode == 0:
+        now = self.clock()
+        if now - self._last_recheck >= self.recheck_interval:
+            self._last_recheck = now
+            self._recheck()
+        self.routable &= wanted
+        commands: list[list[str]] = []
+        stale = sorted(self.added - wanted)
+        commands += [["route", "del", _host_prefix(v), "dev", self.listen.interface]
+                     for v in stale]
+        self.added -= set(stale)
+        unknown = sorted(wanted - self.added - self.routable)
+        if not unknown:
+            if commands:
+                self.run_batch(commands)
+            return set(self.added)
+        commands += [["route", "get", vip] for vip in unknown]
+        outcome = self.run_batch(commands)[len(stale):]
+        unroutable = [vip for vip, error in zip(unknown, outcome) if error is not None]
+        self.routable |= {vip for vip, error in zip(unknown, outcome) if error is None}
+        adds = [["route", "add", _host_prefix(v), "dev", self.listen.interface]
+                for v in unroutable]
+        for vip, error in zip(unroutable, self.run_batch(adds)):
+            if error is None:
                 self.added.add(vip)
-                log.info("no route to %s: added %s dev %s", vip, _host_prefix(vip),
-                         self.listen.interface)
             else:
-                log.warning("cannot add route for %s: %s", vip, result.stderr.strip())
+                log.warning("cannot add route for %s: %s", vip, error)
+        if unroutable:
+            log.info("no route to %d VIP(s): added host routes dev %s (first: %s)",
+                     len(unroutable), self.listen.interface, unroutable[0])
         return set(self.added)
 
     def clear(self) -> None:

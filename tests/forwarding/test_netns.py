@@ -91,6 +91,32 @@ def test_existing_route_is_not_overridden(netns, tmp_path):
             srv.stop(0)
 
 
+def test_many_routes_in_one_batch_adopted_after_a_kill_and_rechecked(netns, tmp_path):
+    from edgeproxy.forwarding.listen import RouteKeeper, ensure_interface
+
+    vips = [f"198.19.{i // 250}.{i % 250 + 1}" for i in range(2000)]
+    with netns.entered():
+        ensure_interface(LISTEN)
+        first = RouteKeeper(LISTEN)
+        assert first.sync(vips) == set(vips)  # offline node: every VIP needs a host route
+        assert len(sh("ip", "-o", "route", "show", "dev", "edgeproxy0").splitlines()) == 2000
+        # The process is killed: a new keeper adopts the routes on its interface, keeps the
+        # wanted ones and removes the rest.
+        second = RouteKeeper(LISTEN)
+        assert second.sync(vips[:10]) == set(vips[:10])
+        assert len(sh("ip", "-o", "route", "show", "dev", "edgeproxy0").splitlines()) == 10
+        # A default route appears, then someone deletes one of our routes: at the next
+        # recheck that VIP is looked up again, found routable and left alone.
+        dummy("uplink0", "198.18.0.2/24")
+        sh("ip", "route", "add", "default", "dev", "uplink0")
+        sh("ip", "route", "del", f"{vips[0]}/32", "dev", "edgeproxy0")
+        second._last_recheck = float("-inf")
+        assert second.sync(vips[:10]) == set(vips[1:10])
+        assert "uplink0" in sh("ip", "route", "get", vips[0])
+        second.clear()
+        assert sh("ip", "-o", "route", "show", "dev", "edgeproxy0") == ""
+
+
 def test_port_allocation_survives_restart(netns, tmp_path):
     with netns.entered():
         keys = [key(f"svc{i}") for i in range(5)]
