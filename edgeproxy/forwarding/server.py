@@ -235,15 +235,31 @@ class ProxyServer:
             return
         service.balancer.update(sp.endpoints, sp.lb_policy, sp.session_affinity,
                                 sp.affinity_timeout)
-        if old is not None and not _needs_v6(old) and _needs_v6(sp) and self.listen.ipv6 \
-                and self.ipv6_ready:
-            try:
-                service.add_listener(self._bind(key.protocol, _socket.AF_INET6, self.listen.ipv6,
-                                                self._ports[key]))
-            except OSError as exc:
-                log.error("%s: cannot add IPv6 listener on port %d: %s", key, self._ports[key],
-                          exc)
+        self._sync_families(key, service, sp)
         self._specs[key] = sp
+
+    def _sync_families(self, key: ServicePortKey, service: TcpService | UdpService,
+                       new: ServicePort) -> None:
+        """Open the listener of a family the service gained VIPs in (same proxy port), close
+        the one of a family it lost its last VIP in: a listener with no VIP left behind it is
+        only a way in that no rule leads to. Open TCP connections are not touched."""
+        port = self._ports[key]
+        wanted = {family for family, _ in self._families(new)}
+        # What is actually listening, not what the old spec asked for: a bind that failed
+        # last time is retried on the next change.
+        had = {sock.family for sock, _ in service.listeners}
+        for family, addr in self._families(new):
+            if family in had:
+                continue
+            try:
+                service.add_listener(self._bind(key.protocol, family, addr, port))
+            except OSError as exc:
+                log.error("%s: cannot add %s listener on port %d: %s", key,
+                          "IPv6" if family == _socket.AF_INET6 else "IPv4", port, exc)
+        for family in had - wanted:
+            if service.close_family(family):
+                log.info("%s: no %s VIP left, closed that listener", key,
+                         "IPv6" if family == _socket.AF_INET6 else "IPv4")
 
     def _remove(self, key: ServicePortKey) -> None:
         service = self._services.pop(key)

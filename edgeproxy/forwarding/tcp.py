@@ -522,6 +522,22 @@ class TcpService:
             sock.close()
         self.listeners = []
 
+    def close_family(self, family: int) -> int:
+        """Stop accepting on the listeners of one address family (the service lost its last
+        VIP of that family); connections already accepted keep running. Returns how many
+        listeners were closed."""
+        keep, closed = [], 0
+        for sock, watcher in self.listeners:
+            if sock.family == family:
+                watcher.stop()
+                watcher.close()
+                sock.close()
+                closed += 1
+            else:
+                keep.append((sock, watcher))
+        self.listeners = keep
+        return closed
+
     @property
     def active(self) -> int:
         return len(self.connections) + self.pending

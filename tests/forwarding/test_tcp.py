@@ -244,6 +244,41 @@ def test_ipv6_listener_and_endpoint(server, backends):
     assert info.value.errno == errno.ECONNREFUSED
 
 
+def refused(port: int, host: str) -> bool:
+    try:
+        connect(port, host, timeout=1).close()
+    except OSError as exc:
+        if exc.errno == errno.ECONNREFUSED:
+            return True
+        raise
+    return False
+
+
+def test_listener_follows_the_families_of_the_vips(server, backends):
+    b = backends(tag=b"b:")
+    srv = server()
+    both = service("web", [b.endpoint], vips=("198.19.0.10", "fd00:198:19::10"))
+    port = srv.reconcile({key(): both})[key()]
+    assert request(port, b"4", host="127.0.0.1") == b"b:4"
+    assert request(port, b"6", host="::1") == b"b:6"
+    open_v6 = connect(port, "::1")
+    open_v6.sendall(b"x")
+    assert open_v6.recv(10) == b"b:x"
+    # The last IPv6 VIP goes: the IPv6 listener closes, the open IPv6 connection keeps going.
+    srv.reconcile({key(): service("web", [b.endpoint], vips=("198.19.0.10",))})
+    assert refused(port, "::1")
+    assert request(port, b"4", host="127.0.0.1") == b"b:4"
+    open_v6.sendall(b"y")
+    assert open_v6.recv(10) == b"b:y"
+    # Symmetric: IPv6 only now, so IPv4 closes and IPv6 comes back on the same proxy port.
+    assert srv.reconcile({key(): service("web", [b.endpoint], vips=("fd00:198:19::10",))}
+                         )[key()] == port
+    assert refused(port, "127.0.0.1")
+    assert request(port, b"6", host="::1") == b"b:6"
+    assert len(srv._services[key()].listeners) == 1
+    open_v6.close()
+
+
 def test_pipes_are_held_only_while_data_is_in_flight(server, backends):
     b = backends(tag=b"b:")
     srv = server()
