@@ -17,7 +17,8 @@ class ServiceStats:
     udp_sessions_total: int = 0
     udp_datagrams_in: int = 0
     udp_datagrams_out: int = 0
-    udp_dropped_total: int = 0       # datagrams dropped (session limit, no endpoint, errors)
+    udp_dropped_total: int = 0       # datagrams dropped (no endpoint, errors)
+    udp_evicted_total: int = 0       # idlest sessions closed to make room at the session bound
     accept_errors_total: int = 0     # EMFILE/ENFILE/ENOBUFS on accept (backed off)
     accept_paused_total: int = 0     # times accepting paused at the connection limit
     idle_closed_total: int = 0       # TCP connections closed by the idle timeout

@@ -4,6 +4,7 @@ session bound, replies from the listen address."""
 from __future__ import annotations
 
 import os
+import time
 
 import gevent
 import pytest
@@ -134,21 +135,87 @@ def test_session_affinity_and_round_robin_per_session(server, echoes):
         assert tag == first
 
 
-def test_session_bound_drops_new_clients(server, echoes):
+def peer(c) -> tuple:
+    """The session key the proxy sees for a loopback client socket."""
+    return ("127.0.0.1", c.getsockname()[1])
+
+
+def test_session_bound_evicts_the_idlest_session(server, echoes):
     echo = echoes()
-    srv = server(max_udp_sessions_per_service=2)
+    srv = server(max_udp_sessions_per_service=3)
     k = key("dns", UDP)
     port = srv.reconcile({k: service("dns", [echo.endpoint], UDP)})[k]
-    cs = [client() for _ in range(3)]
-    for c in cs[:2]:
-        c.sendto(b"ok", ("127.0.0.1", port))
-        assert c.recv(10) == b"ok"
-    cs[2].settimeout(0.3)
-    cs[2].sendto(b"no", ("127.0.0.1", port))
-    with pytest.raises(gsocket.timeout):
-        cs[2].recv(10)
+    cs = [client() for _ in range(5)]
+    addr = ("127.0.0.1", port)
+
+    def ask(c, data=b"ok"):
+        c.sendto(data, addr)
+        assert c.recv(10) == data
+
+    for c in cs[:3]:
+        ask(c)
+    ask(cs[0])  # c0 active again: c1 is now the idlest
+    ask(cs[3])  # a new client at the bound evicts c1, it is not dropped
+    svc = srv._services[k]
+    assert set(svc.sessions) == {peer(c) for c in (cs[0], cs[2], cs[3])}
+    ask(cs[2])
+    ask(cs[4])  # evicts c0 (c2 and c3 were active after it)
+    assert set(svc.sessions) == {peer(c) for c in (cs[2], cs[3], cs[4])}
+    ask(cs[1])  # an evicted client simply gets a new session
     st = srv.stats()[k]
-    assert st.udp_sessions == 2 and st.udp_dropped_total == 1
+    assert st.udp_sessions == 3 and st.udp_evicted_total == 3
+    assert st.udp_dropped_total == 0 and st.udp_sessions_total == 6
+    for c in cs:
+        c.close()
+
+
+def test_sessions_are_kept_in_activity_order_and_swept_idlest_first(server, echoes):
+    echo = echoes()
+    srv = server(udp_timeout=0.6)
+    k = key("dns", UDP)
+    port = srv.reconcile({k: service("dns", [echo.endpoint], UDP)})[k]
+    cs = [client() for _ in range(4)]
+    for c in cs:
+        c.sendto(b"a", ("127.0.0.1", port))
+        assert c.recv(10) == b"a"
+    svc = srv._services[k]
+    assert list(svc.sessions) == [peer(c) for c in cs]
+    gevent.sleep(0.4)
+    for c in (cs[1], cs[3]):
+        c.sendto(b"b", ("127.0.0.1", port))
+        assert c.recv(10) == b"b"
+    # Least recently active first: the sweep looks at the front only.
+    assert list(svc.sessions) == [peer(c) for c in (cs[0], cs[2], cs[1], cs[3])]
+    gevent.sleep(0.3)
+    svc.sweep(time.monotonic())  # (the housekeeper may have swept already: same result)
+    assert list(svc.sessions) == [peer(cs[1]), peer(cs[3])]
+    for c in cs:
+        c.close()
+
+
+def test_losing_the_last_ipv6_vip_closes_the_ipv6_listener(server, echoes):
+    echo4, echo6 = echoes(), echoes("::1")
+    srv = server()
+    k = key("dns", UDP)
+    both = service("dns", [echo4.endpoint], UDP, vips=("198.19.0.53", "fd00:198:19::53"))
+    port = srv.reconcile({k: both})[k]
+    c6 = client("::1")
+    c6.sendto(b"6", ("::1", port))
+    assert c6.recv(10) == b"6"
+    assert srv.stats()[k].udp_sessions == 1
+    srv.reconcile({k: service("dns", [echo4.endpoint], UDP, vips=("198.19.0.53",))})
+    # The IPv6 listener and the session answering through it are gone.
+    assert srv.stats()[k].udp_sessions == 0
+    assert [s.family for s, _ in srv._services[k].listeners] == [gsocket.AF_INET]
+    c6.settimeout(0.3)
+    c6.sendto(b"6", ("::1", port))
+    with pytest.raises(OSError):  # ICMP port unreachable or no answer
+        c6.recv(10)
+    c4 = client()
+    c4.sendto(b"4", ("127.0.0.1", port))
+    assert c4.recv(10) == b"4"
+    c4.close()
+    c6.close()
 
 
 def test_endpoint_update_keeps_sessions_and_removal_ends_them(server, echoes):
