@@ -134,6 +134,29 @@ def forwarding_latencies(topo: tb.Topology, seconds: float,
     return latencies, failures[0]
 
 
+def sync_phases(log_path: Path, min_ports: int) -> dict[str, list[float]]:
+    """Per-phase seconds of the daemon's syncs with at least ``min_ports`` ports, from its
+    "sync applied" log lines (key=value): where a slow reload spends its time."""
+    phases: dict[str, list[float]] = {}
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return phases
+    for line in lines:
+        if "sync applied" not in line:
+            continue
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        try:
+            if int(fields.get("ports", "0")) < min_ports:
+                continue
+            for name, value in fields.items():
+                if name.endswith("_s"):
+                    phases.setdefault(name[:-2], []).append(float(value))
+        except ValueError:
+            continue
+    return phases
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -205,6 +228,7 @@ def main() -> int:
             busy, busy_fail = forwarding_latencies(topo, args.load_seconds, during=flip)
         finally:
             rc = daemon.stop(timeout=60)
+            phases = sync_phases(daemon.log_path, min_ports=args.services)
     import shutil
     shutil.rmtree(workdir, ignore_errors=True)
 
@@ -227,6 +251,12 @@ def main() -> int:
           f"failures={busy_fail}")
     if idle_fail or busy_fail:
         ok = False
+    if phases:
+        print(f"\nsync phases with {args.services:,} services loaded (seconds, from the daemon's "
+              "log):")
+        for name, values in phases.items():
+            print(f"  {name:10} n={len(values):3d}  p50 {pct(values, 50):7.3f}  "
+                  f"max {max(values):7.3f}")
     print(f"\ndaemon exit code on SIGTERM: {rc}")
     return 0 if ok else 1
 

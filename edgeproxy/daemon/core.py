@@ -118,6 +118,7 @@ class Daemon:
         self._pending_paths: set[Path] | None = set()
         self._full_rescan = True
         self._force_apply = False
+        self._phases: dict[str, float] = {}
         self._stopped = gevent.event.Event()
         self._done = gevent.event.Event()
         self.exit_code = 0
@@ -161,7 +162,9 @@ class Daemon:
         if full and self.watcher is not None:
             self.watcher.reschedule()
         try:
+            self._phases = {}
             computed = self.computer.compute(paths)
+            self._phase("compute", start)
             self.last_computed = computed
             self._apply(computed)
         except Exception:
@@ -176,6 +179,13 @@ class Daemon:
         if self.queued_since == queued_at:
             self.queued_since = None
         self.last_applied_wall = time.time()
+
+    def _phase(self, name: str, since: float) -> float:
+        """Record how long a sync phase took (shown in the "sync applied" line, so a slow
+        reload says where its time went); returns now for the next phase."""
+        now = time.monotonic()
+        self._phases[name] = round(now - since, 3)
+        return now
 
     def _observe(self, seconds: float) -> None:
         c = self.counters
@@ -209,20 +219,26 @@ class Daemon:
             self._sync_routes(new)  # cheap unless a periodic routing recheck is due
             return
         force, self._force_apply = self._force_apply, False
+        t = time.monotonic()
         union = {**old.ports, **new.ports}
         proxy_ports = self.proxy.reconcile(union)
         wanted = {k: v for k, v in proxy_ports.items() if k in new.ports}
+        t = self._phase("listen", t)
         ruleset = gevent.get_hub().threadpool.apply(self.render, (new.ports, wanted, self.listen))
+        t = self._phase("render", t)
         self.keeper.update(ruleset)
+        t = self._phase("rules", t)
         if any(k not in new.ports for k in union):
             proxy_ports = self.proxy.reconcile(new.ports)
         self.proxy_ports = {k: v for k, v in proxy_ports.items() if k in new.ports}
         self._sync_routes(new)
+        self._phase("routes", t)
         self.applied = new
         added = len([k for k in new.ports if k not in old.ports])
         removed = len([k for k in old.ports if k not in new.ports])
         log_event(log, logging.INFO, "sync applied", ports=len(new.ports), added=added,
-                  removed=removed, errors=len(new.errors), forced=force or None)
+                  removed=removed, errors=len(new.errors), forced=force or None,
+                  **{f"{name}_s": took for name, took in self._phases.items()})
 
     def _sync_routes(self, state: Any) -> None:
         vips = {vip for sp in state.ports.values() for vip in sp.vips}
