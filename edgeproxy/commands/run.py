@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
     from edgeproxy.daemon.core import Daemon
 
-    daemon = Daemon(config)
+    daemon = Daemon(config, reread_config=lambda: build_config(args))
     try:
         return daemon.run_forever()
     except OSError as exc:  # e.g. healthz port in use, no permission for the interface

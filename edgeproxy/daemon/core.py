@@ -47,6 +47,8 @@ class DaemonCounters:
     syncs_total: int = 0
     sync_errors_total: int = 0
     holds_total: int = 0
+    config_reloads_total: int = 0   # SIGHUPs whose config file was read and applied
+    config_errors_total: int = 0    # SIGHUPs whose config file was invalid (kept running one)
     sync_duration_sum: float = 0.0
     sync_duration_buckets: list[int] = field(default_factory=lambda: [0] * len(SYNC_BUCKETS))
     last_sync_seconds: float = 0.0
@@ -92,8 +94,11 @@ def default_factories(config: DaemonConfig) -> dict[str, Callable[[], Any]]:
 class Daemon:
     def __init__(self, config: DaemonConfig,
                  factories: dict[str, Callable[[], Any]] | None = None,
-                 watch: bool = True, environ: dict[str, str] | None = None) -> None:
+                 watch: bool = True, environ: dict[str, str] | None = None,
+                 reread_config: Callable[[], DaemonConfig] | None = None) -> None:
         self.config = config
+        # SIGHUP builds the configuration again (config file + the original flags) with this.
+        self.reread_config = reread_config
         self.factories = {**default_factories(config), **(factories or {})}
         self.watch = watch
         self.environ = environ
@@ -137,10 +142,53 @@ class Daemon:
             self.runner.run()
 
     def reload(self) -> None:
-        """SIGHUP: rescan every file and re-apply rules and listeners even if nothing changed."""
+        """SIGHUP: re-read the config file, rescan every manifest and re-apply rules and
+        listeners even if nothing changed."""
         log_event(log, logging.INFO, "reload requested (SIGHUP)")
+        if self.reread_config is not None:
+            self._reconfigure()
         self._force_apply = True
         self.request_sync(None)
+
+    def _reconfigure(self) -> None:
+        """Apply what can change while running; an invalid file keeps the running config."""
+        from edgeproxy.daemon.config import ConfigError
+        from edgeproxy.daemon.reconfigure import plan_reconfigure
+
+        try:
+            fresh = self.reread_config()  # type: ignore[misc]
+        except ConfigError as exc:
+            self.counters.config_errors_total += 1
+            log_event(log, logging.ERROR, "config file invalid; keeping the running "
+                      "configuration", error=str(exc))
+            return
+        plan = plan_reconfigure(self.config, fresh)
+        if plan.needs_restart:
+            log_event(log, logging.WARNING, "changed settings take effect at the next start",
+                      settings=",".join(plan.needs_restart))
+        self.counters.config_reloads_total += 1
+        if not plan.live:
+            return
+        c = self.config = plan.config
+        if {"log_format", "verbosity"} & set(plan.live):
+            from edgeproxy.daemon.logs import configure_logging
+
+            configure_logging(c.log_format, c.verbosity)
+        if self.runner is not None:
+            self.runner.min_interval = c.min_sync_period
+            self.runner.max_interval = c.rescan_period
+            self.runner.debounce = c.watch_debounce
+        if self.keeper is not None:
+            self.keeper.check_period = c.sync_period
+        if self.computer is not None:
+            self.computer.filter_mode = FilterMode(c.service_filter_mode)
+        if self.proxy is not None:
+            # New listeners use these; running services keep the values they started with.
+            self.proxy.udp_timeout = c.udp_timeout
+            self.proxy.tcp_idle_timeout = c.tcp_idle_timeout or None
+            self.proxy.drain_grace = c.drain_grace
+            self.proxy.max_connections = c.max_connections_per_service
+        log_event(log, logging.INFO, "configuration reloaded", changed=",".join(plan.live))
 
     def confirm_removal(self) -> bool:
         """Operator confirmation for a held sync; True when something was held."""

@@ -53,6 +53,12 @@ class DaemonCollector(Collector):
                                 value=1 if d.held else 0)
         yield CounterMetricFamily("edgeproxy_mass_removal_holds", "Syncs held by the guard",
                                   value=c.holds_total)
+        yield CounterMetricFamily("edgeproxy_config_reloads",
+                                  "SIGHUPs that re-read and applied the config file",
+                                  value=c.config_reloads_total)
+        yield CounterMetricFamily("edgeproxy_config_errors",
+                                  "SIGHUPs whose config file was invalid (running one kept)",
+                                  value=c.config_errors_total)
         keeper = d.keeper
         yield CounterMetricFamily("edgeproxy_chain_repairs", "Rule/chain repairs made",
                                   value=getattr(keeper, "repairs_total", 0))

@@ -218,3 +218,31 @@ def test_sd_notify_ready_watchdog_and_stopping(tmp_path):
     assert messages[0].startswith("READY=1")
     assert messages.count("WATCHDOG=1") >= 2
     assert messages[-1] == "STOPPING=1"
+
+
+def test_sighup_rereads_the_config_file_live_and_restart_only_settings(daemon, tmp_path):
+    config_file = tmp_path / "edgeproxy.yaml"
+
+    def reread():
+        return build_config({"config": str(config_file), "healthz_bind_address": "127.0.0.1:0",
+                             "metrics_bind_address": "127.0.0.1:0",
+                             "manifests": "/nonexistent"})
+
+    daemon.reread_config = reread
+    daemon.computer.filter_mode = None
+    daemon.keeper.check_period = 1.0
+    config_file.write_text("iptablesSyncPeriod: 3s\nudpTimeout: 45s\n"
+                           "serviceFilterMode: FilterIfLabelDoesNotExists\n"
+                           "proxyPortRange: 40000-40999\n")
+    daemon.reload()
+    assert daemon.keeper.check_period == 3.0
+    assert daemon.proxy.udp_timeout == 45.0
+    assert daemon.computer.filter_mode.value == "FilterIfLabelDoesNotExists"
+    assert daemon.config.sync_period == 3.0
+    assert daemon.config.proxy_port_range != "40000-40999"  # bound already: next start
+    assert daemon.counters.config_reloads_total == 1
+
+    config_file.write_text("iptablesSyncPeriod: soon\n")  # invalid: the running one stays
+    daemon.reload()
+    assert daemon.config.sync_period == 3.0
+    assert daemon.counters.config_errors_total == 1

@@ -144,3 +144,33 @@ def test_refuses_a_manifest_directory_others_can_write(topo, start_daemon, tmp_p
     log = daemon.log_tail()
     assert str(mirror.root) in log and "Traceback" not in log, log
     assert h.rule_lines(topo.node) == []
+
+
+def test_sighup_rereads_the_config_file(topo, start_daemon, tmp_path):
+    """SIGHUP applies a changed config file at once where it can (sync period), keeps bound
+    settings until the next start, and keeps the running config when the file is broken."""
+    mirror = h.AtomicRenameMirror(tmp_path / "mirror")
+    config_file = tmp_path / "edgeproxy.yaml"
+    config_file.write_text("iptablesMinSyncPeriod: 100ms\n")
+    daemon = start_daemon(mirror.root, extra_args=["--config", str(config_file)])
+    config = daemon.status()["config"]
+    assert config["iptablesMinSyncPeriod"] == 0.1
+    assert config["iptablesSyncPeriod"] == 0.3  # a flag: flags win over the file
+    port_range = config["proxyPortRange"]
+
+    config_file.write_text("iptablesMinSyncPeriod: 150ms\niptablesSyncPeriod: 2s\n"
+                           "proxyPortRange: 40000-40999\n")
+    daemon.signal(signal.SIGHUP)
+    assert tb.wait_until(lambda: daemon.status()["config"]["iptablesMinSyncPeriod"] == 0.15,
+                         timeout=5) is not None, daemon.log_tail()
+    assert daemon.status()["config"]["iptablesSyncPeriod"] == 0.3
+    assert daemon.status()["config"]["proxyPortRange"] == port_range
+    assert "take effect at the next start" in daemon.log_tail(40)
+
+    config_file.write_text("iptablesMinSyncPeriod: [\n")
+    daemon.signal(signal.SIGHUP)
+    assert tb.wait_until(lambda: "config file invalid" in daemon.log_tail(40),
+                         timeout=5) is not None
+    assert daemon.running() and daemon.get("/readyz")[0] == 200
+    assert daemon.status()["config"]["iptablesMinSyncPeriod"] == 0.15
+    assert _web_ok(topo.pod)
