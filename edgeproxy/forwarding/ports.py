@@ -106,6 +106,7 @@ class PortAllocator:
         self._taken: set[int] = set()  # the ports of _active, kept alongside for O(1) lookups
         self._remembered: dict[str, int] = {}  # from earlier runs / removed keys: preferred only
         self._remembered_owner: dict[int, str] = {}  # port -> the key that remembers it
+        self._dirty = True  # the state file lags behind _remembered (first save always writes)
         if state_file is not None:
             for key, port in self._load(state_file).items():
                 self._remember(key, port)
@@ -117,6 +118,9 @@ class PortAllocator:
         previous_owner = self._remembered_owner.get(port)
         if previous_owner is not None and previous_owner != key:
             del self._remembered[previous_owner]  # that key's port went to someone else
+            self._dirty = True
+        if self._remembered.get(key) != port:
+            self._dirty = True
         self._remembered[key] = port
         self._remembered_owner[port] = key
 
@@ -197,8 +201,8 @@ class PortAllocator:
 
     def save(self) -> None:
         """Write the state atomically (write + rename) so a crash never leaves half a file."""
-        if self.state_file is None:
-            return
+        if self.state_file is None or not self._dirty:
+            return  # with 10,000 services an unchanged file is 400 KB not worth rewriting
         # Remembered entries are bounded by the range size (each holds a distinct port, except
         # in kernel-chosen mode where we keep at most 65535 of them).
         data = {
@@ -210,6 +214,7 @@ class PortAllocator:
         tmp = self.state_file.with_name(self.state_file.name + ".tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, self.state_file)
+        self._dirty = False
 
 
 # -- ip_local_reserved_ports ------------------------------------------------------------------

@@ -82,6 +82,24 @@ def test_allocation_persists_across_restart_even_in_other_order(tmp_path):
     assert again == got
 
 
+def test_state_file_is_written_only_when_an_assignment_changed(tmp_path):
+    r = PortRange.parse("61000-61009")
+    state = tmp_path / "ports.json"
+    alloc = PortAllocator(r, state)
+    alloc.allocate("a", free_binder()[0])
+    alloc.save()
+    state.unlink()
+    alloc.save()  # nothing changed: not rewritten
+    assert not state.exists()
+    alloc.release("a")
+    alloc.allocate("a", free_binder()[0])  # same port back: still nothing new
+    alloc.save()
+    assert not state.exists()
+    alloc.allocate("b", free_binder()[0])
+    alloc.save()
+    assert set(json.loads(state.read_text())["ports"]) == {"a", "b"}
+
+
 def test_removed_key_gets_its_port_back_and_others_avoid_it(tmp_path):
     r = PortRange.parse("61000-61003")
     alloc = PortAllocator(r, tmp_path / "ports.json")
