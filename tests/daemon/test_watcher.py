@@ -1,6 +1,7 @@
 """watchdog events reach the gevent hub; a symlinked root keeps working across swaps."""
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import gevent
@@ -16,18 +17,25 @@ def _wait(predicate, timeout=3.0):
     return False
 
 
-def test_file_event_reaches_hub(tmp_path):
-    root = tmp_path / "manifests"
-    root.mkdir()
+@contextmanager
+def watching(root):
+    """A started watcher on ``root``; yields the list its events are appended to."""
     seen = []
     watcher = DirectoryWatcher(root, seen.append)
     watcher.start()
     try:
-        gevent.sleep(0.1)
-        (root / "web.yaml").write_text("kind: Service\n")
-        assert _wait(lambda: any(s and root / "web.yaml" in s for s in seen))
+        gevent.sleep(0.1)  # the observer thread needs a moment before the first event counts
+        yield seen
     finally:
         watcher.stop()
+
+
+def test_file_event_reaches_hub(tmp_path):
+    root = tmp_path / "manifests"
+    root.mkdir()
+    with watching(root) as seen:
+        (root / "web.yaml").write_text("kind: Service\n")
+        assert _wait(lambda: any(s and root / "web.yaml" in s for s in seen))
 
 
 def test_symlinked_root_swap_rescans_and_follows_new_target(tmp_path):
@@ -36,11 +44,7 @@ def test_symlinked_root_swap_rescans_and_follows_new_target(tmp_path):
     rev2.mkdir()
     root = tmp_path / "current"
     root.symlink_to(rev1)
-    seen = []
-    watcher = DirectoryWatcher(root, seen.append)
-    watcher.start()
-    try:
-        gevent.sleep(0.1)
+    with watching(root) as seen:
         tmp_link = tmp_path / ".tmp-link"
         tmp_link.symlink_to(rev2)
         os.replace(tmp_link, root)  # git-sync's atomic swap
@@ -48,23 +52,15 @@ def test_symlinked_root_swap_rescans_and_follows_new_target(tmp_path):
         seen.clear()
         (rev2 / "a.yaml").write_text("x: 1\n")  # a change inside the NEW target is seen
         assert _wait(lambda: any(s and root / "a.yaml" in s for s in seen)), seen
-    finally:
-        watcher.stop()
 
 
 def test_hidden_entry_means_full_rescan(tmp_path):
     root = tmp_path / "cm"
     root.mkdir()
-    seen = []
-    watcher = DirectoryWatcher(root, seen.append)
-    watcher.start()
-    try:
-        gevent.sleep(0.1)
+    with watching(root) as seen:
         (root / "..data_tmp").symlink_to(tmp_path)
         os.replace(root / "..data_tmp", root / "..data")  # ConfigMap volume update
         assert _wait(lambda: None in seen), seen
-    finally:
-        watcher.stop()
 
 
 _PATCHED_SWAP = r"""
