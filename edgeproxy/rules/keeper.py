@@ -3,7 +3,10 @@
 kube-proxy re-inserts its KUBE-SERVICES jump at position 1 after a flush, EdgeMesh's exit and
 ``kube-proxy --cleanup`` delete the KUBE-PORTALS-* chains (shared names), and nobody moves an
 existing jump. So a greenlet re-checks every ``check_period`` seconds (default 1 s) and repairs
-order, jumps, chains and rules; every repair is logged and counted. Whenever capture starts or
+order, jumps, chains and rules; every repair is logged and counted. Every period checks every
+rule, so any damage is repaired within one period plus the repair time: the backends make
+that affordable at 10,000 services (an unchanged nf_tables generation answers at once, else our
+chains are compared as text slices or raw-rule digests; bench/rules_apply.py prints the cost). Whenever capture starts or
 changes (first install, a repair, a proxy-port change, a service added or removed) the UDP
 conntrack entries of the affected destinations are deleted so existing flows (DNS) follow.
 
@@ -14,6 +17,7 @@ lock keeps an update and a periodic check from interleaving.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable, Iterable
 
 import gevent
@@ -36,14 +40,11 @@ def _udp_targets(ruleset: RuleSet | None) -> dict[tuple[str | None, int], str]:
 
 class RuleKeeper:
     def __init__(self, backend: Backend, check_period: float = 1.0,
-                 flush: Flusher | None = None, full_check_every: int = 10) -> None:
+                 flush: Flusher | None = None) -> None:
         if check_period <= 0:
             raise ValueError("check_period must be positive")
-        # Most periods only look at the jumps (what kube-proxy and cleanups break, a few ms);
-        # every `full_check_every`-th period compares every rule (hundreds of ms at 10,000
-        # services). A wrong jump always triggers the full check and repair at once.
-        self.full_check_every = max(1, full_check_every)
         self.checks_total = 0
+        self.check_seconds_total = 0.0  # time spent in periodic checks (and their repairs)
         self.backend = backend
         self.check_period = check_period
         self.flush = flush or flush_udp_flows
@@ -81,21 +82,21 @@ class RuleKeeper:
             self._flush(changed)
             return True
 
-    def check_once(self, quick: bool = False) -> list[str]:
-        """One check-and-repair pass (what the greenlet runs every period)."""
+    def check_once(self) -> list[str]:
+        """One check-and-repair pass of every rule (what the greenlet runs every period)."""
         with self._lock:
             if self.ruleset is None:
                 return []
             self.checks_total += 1
+            started = time.monotonic()
             try:
-                if quick:
-                    repairs = self.backend.check_and_repair(self.ruleset, quick=True)
-                else:
-                    repairs = self.backend.check_and_repair(self.ruleset)
+                repairs = self.backend.check_and_repair(self.ruleset)
             except Exception as exc:  # noqa: BLE001
                 self.apply_errors_total += 1
                 log.error("checking rules with backend %s failed: %s", self.backend.name, exc)
                 return []
+            finally:
+                self.check_seconds_total += time.monotonic() - started
             if repairs:
                 self.repairs_total += len(repairs)
                 self.last_repair_descriptions = list(repairs)
@@ -106,11 +107,9 @@ class RuleKeeper:
             return repairs
 
     def _loop(self) -> None:
-        n = 0
         while True:
             gevent.sleep(self.check_period)
-            n += 1
-            self.check_once(quick=n % self.full_check_every != 0)
+            self.check_once()
 
     def start(self) -> None:
         if self._greenlet is None or self._greenlet.dead:

@@ -145,6 +145,21 @@ class RuleSet:
         lines.append("COMMIT")
         return "\n".join(lines) + "\n"
 
+    def saved_block(self, family: int, table: str, chain: str) -> str:
+        """Our rules of ``chain`` exactly as ``iptables-save`` prints them (it always quotes a
+        comment), lines joined by newlines: the periodic check compares this with a slice of
+        the live save text instead of parsing 20,000 rules. Cached like the restore text."""
+        key = ("saved", family, table, chain)
+        block = self._lines.get(key)
+        if block is None:
+            lines = []
+            for spec in self.chain_rules(family, table).get(chain, ()):
+                toks = [f'"{t}"' if i and spec[i - 1] == "--comment" else t
+                        for i, t in enumerate(spec)]
+                lines.append(f"-A {chain} " + " ".join(toks))
+            block = self._lines[key] = "\n".join(lines)
+        return block
+
     def captures_for(self, family: int) -> tuple[Capture, ...]:
         return tuple(c for c in self.captures if c.family == family)
 
@@ -167,10 +182,16 @@ class RuleSet:
 
     def nft_rule_counts(self, family: int) -> dict[str, int]:
         """Rules per chain of the nft table, to recognise a table someone edited."""
-        counts = {}
-        for line_chain, count in _nft_chain_counts(self._nft_body(family)):
-            counts[line_chain] = count
-        return counts
+        return {chain: len(rules) for chain, rules in self.nft_chain_rules(family).items()}
+
+    def nft_chain_rules(self, family: int) -> dict[str, list[str]]:
+        """The rule lines of each chain of the nft table as rendered (``nft list table``
+        prints those of our KUBE-* chains identically)."""
+        key = ("nft-rules", family)
+        rules = self._lines.get(key)
+        if rules is None:
+            rules = self._lines[key] = parse_nft_chains(self._nft_body(family))
+        return rules
 
     def _nft_body(self, family: int) -> str:
         addr = "ip daddr" if family == 4 else "ip6 daddr"
@@ -209,18 +230,20 @@ class RuleSet:
         return "\n".join(out) + "\n"
 
 
-def _nft_chain_counts(body: str) -> list[tuple[str, int]]:
-    result, chain, count = [], None, 0
-    for line in body.splitlines():
+def parse_nft_chains(listing: str) -> dict[str, list[str]]:
+    """Rule lines per chain of an nft table body or ``nft list table`` output (stripped; the
+    table's ``comment`` and a base chain's ``type`` line are not rules)."""
+    result: dict[str, list[str]] = {}
+    chain: str | None = None
+    for line in listing.splitlines():
         s = line.strip()
-        if s.startswith("chain "):
-            chain, count = s.split()[1], 0
+        if s.startswith("chain ") and s.endswith("{"):
+            chain = s.split()[1]
+            result[chain] = []
         elif s == "}":
-            if chain is not None:
-                result.append((chain, count))
             chain = None
-        elif chain is not None and not s.startswith("type "):
-            count += 1
+        elif chain is not None and s and not s.startswith("type "):
+            result[chain].append(s)
     return result
 
 

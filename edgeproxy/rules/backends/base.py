@@ -32,8 +32,11 @@ class Runner(Protocol):
 class LocalRunner:
     """Runs commands in this process's network namespace."""
 
-    def __init__(self, prefix: Sequence[str] = ()) -> None:
+    def __init__(self, prefix: Sequence[str] = (), netns: str | None = None) -> None:
         self.prefix = list(prefix)
+        # The named namespace the prefix enters (None: ours), for reads done in-process over
+        # netlink (nfnetlink.py) instead of through a command.
+        self.netns = netns
 
     def __call__(self, argv: Sequence[str], input: str | None = None) -> Result:
         # gevent.subprocess once gevent is loaded (the daemon, the keeper): the hub keeps
@@ -51,9 +54,17 @@ class LocalRunner:
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def netlink_target(runner: Runner) -> tuple[bool, str | None]:
+    """(usable, namespace) for in-process netlink reads in the runner's namespace: only a
+    `LocalRunner` says where its commands run; any other runner (a test fake) gets none."""
+    if isinstance(runner, LocalRunner) and (not runner.prefix or runner.netns is not None):
+        return True, runner.netns
+    return False, None
+
+
 def namespace_runner(netns_name: str) -> LocalRunner:
     """Runs every command inside ``ip netns exec NAME`` (tests, benchmarks, demo)."""
-    return LocalRunner(["ip", "netns", "exec", netns_name])
+    return LocalRunner(["ip", "netns", "exec", netns_name], netns=netns_name)
 
 
 class BackendError(RuntimeError):

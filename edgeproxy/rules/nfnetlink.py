@@ -1,0 +1,163 @@
+"""Two cheap nf_tables reads over netlink, for the periodic check of the nft-based backends.
+
+Listing 20,000 rules with ``nft list table`` takes most of a second (nft rebuilds every rule
+into its expression tree and prints it); ``iptables-nft-save`` a third of one. The check that
+runs every second needs far less:
+
+* `generation`: the nf_tables ruleset generation id (``NFT_MSG_GETGEN``, one message). The
+  kernel bumps it on every committed change to any nf_tables table of the namespace, iptables-nft
+  writes included; rule counters do not change it. Same id as when the rules were last found
+  right means nothing at all was written since, so nothing needs reading.
+* `rule_digest`: a SHA-256 of the raw ``NFT_MSG_NEWRULE`` messages of one table (optionally one
+  chain), as the kernel dumps them: chain name, handle, expressions, comment. No parsing, no
+  formatting; a rule deleted, added, replaced or reordered changes it. Only meaningful for rules
+  without counters (our nftables table; iptables-nft puts a counter in every rule).
+
+The socket is opened in the namespace of the runner (tests and benchmarks run the backends in a
+namespace of their own): the calling thread enters it just for ``socket()``; a netlink socket
+stays bound to the namespace it was created in. Every error returns None and the caller falls
+back to its full check, so this module can only make a check cheaper, never skip one wrongly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import hashlib
+import os
+import socket
+import struct
+from typing import Iterator
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_GETRULE = 7
+NFT_MSG_GETGEN = 16
+NFTA_RULE_TABLE = 1
+NFTA_RULE_CHAIN = 2
+NFTA_GEN_ID = 1
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x1
+NLM_F_DUMP = 0x300
+NFPROTO = {4: 2, 6: 10}  # NFPROTO_IPV4, NFPROTO_IPV6
+CLONE_NEWNET = 0x40000000
+MAX_DUMP_BYTES = 64 << 20  # bound on one dump (20,000 of our rules are ~6 MB)
+RECV_TIMEOUT = 5.0  # seconds; a dump of a large table arrives in well under one
+
+_HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
+_NFGEN = struct.Struct("=BBH")  # nfgenmsg: family, version, res_id
+_seq = 0
+
+
+@contextlib.contextmanager
+def _in_netns(netns: str | None) -> Iterator[None]:
+    if netns is None:
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/proc/thread-self/ns/net") as original, open(f"/run/netns/{netns}") as target:
+        if libc.setns(target.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        try:
+            yield
+        finally:
+            libc.setns(original.fileno(), CLONE_NEWNET)
+
+
+def _open(netns: str | None) -> socket.socket:
+    # No greenlet switch can happen between the two setns calls: socket() does not yield.
+    with _in_netns(netns):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    try:
+        sock.settimeout(RECV_TIMEOUT)
+        sock.bind((0, 0))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _attr(kind: int, value: bytes) -> bytes:
+    length = 4 + len(value)
+    return struct.pack("=HH", length, kind) + value + b"\0" * (-length % 4)
+
+
+def _request(sock: socket.socket, msg: int, family: int, attrs: bytes, dump: bool) -> list[bytes]:
+    """Payloads (after nlmsghdr + nfgenmsg) of the answer; OSError carries the kernel's errno."""
+    global _seq
+    _seq = (_seq + 1) & 0xFFFFFFFF
+    seq = _seq
+    body = _NFGEN.pack(family, 0, 0) + attrs
+    flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
+    sock.send(_HDR.pack(_HDR.size + len(body), (NFNL_SUBSYS_NFTABLES << 8) | msg, flags, seq, 0)
+              + body)
+    out: list[bytes] = []
+    total = 0
+    while True:
+        data = sock.recv(1 << 16)
+        if not data:
+            raise OSError(errno.EIO, "netlink socket closed")
+        total += len(data)
+        if total > MAX_DUMP_BYTES:
+            raise OSError(errno.E2BIG, "netlink dump larger than expected")
+        off = 0
+        while off + _HDR.size <= len(data):
+            length, kind, _flags, mseq, _pid = _HDR.unpack_from(data, off)
+            if length < _HDR.size:
+                raise OSError(errno.EPROTO, "malformed netlink message")
+            if mseq == seq:
+                if kind == NLMSG_DONE:
+                    return out
+                if kind == NLMSG_ERROR:
+                    code = struct.unpack_from("=i", data, off + _HDR.size)[0]
+                    if code:
+                        raise OSError(-code, os.strerror(-code))
+                    return out  # an ACK
+                out.append(data[off + _HDR.size + _NFGEN.size:off + length])
+                if not dump:
+                    return out
+            off += (length + 3) & ~3
+
+
+def generation(netns: str | None = None) -> int | None:
+    """The namespace's nf_tables generation id, None when it cannot be read."""
+    try:
+        with _open(netns) as sock:
+            payloads = _request(sock, NFT_MSG_GETGEN, 0, b"", dump=False)
+    except OSError:
+        return None
+    for payload in payloads:
+        off = 0
+        while off + 4 <= len(payload):
+            length, kind = struct.unpack_from("=HH", payload, off)
+            if length < 4:
+                break
+            if kind & 0x3FFF == NFTA_GEN_ID and length >= 8:
+                return struct.unpack_from(">I", payload, off + 4)[0]
+            off += (length + 3) & ~3
+    return None
+
+
+def rule_digest(family: int, table: str, chain: str | None = None,
+                netns: str | None = None) -> str | None:
+    """SHA-256 over the kernel's rule messages of ``table`` (and ``chain``); ``"absent"``
+    when the table (or chain) does not exist; None when netlink cannot be used."""
+    attrs = _attr(NFTA_RULE_TABLE, table.encode() + b"\0")
+    if chain is not None:
+        attrs += _attr(NFTA_RULE_CHAIN, chain.encode() + b"\0")
+    try:
+        sock = _open(netns)
+    except OSError:
+        return None
+    try:
+        with sock:
+            payloads = _request(sock, NFT_MSG_GETRULE, NFPROTO[family], attrs, dump=True)
+    except OSError as exc:  # the kernel's ENOENT: no such table or chain
+        return "absent" if exc.errno == errno.ENOENT else None
+    digest = hashlib.sha256()
+    for payload in payloads:
+        digest.update(struct.pack("=I", len(payload)))
+        digest.update(payload)
+    return digest.hexdigest()
