@@ -20,6 +20,7 @@ import subprocess
 import time
 from typing import Callable, Iterable, Sequence
 
+from edgeproxy import spawn
 from edgeproxy.model import ListenAddresses
 
 log = logging.getLogger(__name__)
@@ -28,12 +29,8 @@ Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
 
 def run_ip(argv: Sequence[str]) -> "subprocess.CompletedProcess[str]":
-    """Run `ip`; under gevent this must not block the hub, so use gevent's subprocess."""
-    try:
-        from gevent import subprocess as gsubprocess
-        return gsubprocess.run(["ip", *argv], capture_output=True, text=True, timeout=10)
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        return subprocess.run(["ip", *argv], capture_output=True, text=True, timeout=10)
+    """Run `ip` without stalling the hub (see edgeproxy.spawn)."""
+    return spawn.run(["ip", *argv], timeout=10)
 
 
 class InterfaceError(RuntimeError):
@@ -93,13 +90,7 @@ def run_ip_batch(commands: Sequence[Sequence[str]]) -> list[str | None]:
     if not commands:
         return []
     text = "".join(" ".join(argv) + "\n" for argv in commands)
-    try:
-        from gevent import subprocess as gsubprocess
-        result = gsubprocess.run(["ip", "-force", "-batch", "-"], input=text,
-                                 capture_output=True, text=True, timeout=60)
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        result = subprocess.run(["ip", "-force", "-batch", "-"], input=text,
-                                capture_output=True, text=True, timeout=60)
+    result = spawn.run(["ip", "-force", "-batch", "-"], input=text, timeout=60)
     outcome: list[str | None] = [None] * len(commands)
     message: list[str] = []
     for line in result.stderr.splitlines():

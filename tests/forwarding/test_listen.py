@@ -132,13 +132,12 @@ def test_batch_failures_are_attributed_to_their_lines(monkeypatch):
     from edgeproxy.forwarding import listen
 
     def fake_run(argv, input, **kwargs):
-        assert argv == ["ip", "-force", "-batch", "-"]
+        assert list(argv) == ["ip", "-force", "-batch", "-"]
         assert input == "route get 1.1.1.1\nroute get 2.2.2.2\nroute get 3.3.3.3\n"
         return subprocess.CompletedProcess(argv, 1, "", "RTNETLINK answers: Network is "
                                            "unreachable\nCommand failed -:2\n")
 
-    import gevent.subprocess
-    monkeypatch.setattr(gevent.subprocess, "run", fake_run)
+    monkeypatch.setattr(listen.spawn, "run", fake_run)
     assert listen.run_ip_batch([["route", "get", ip] for ip in ("1.1.1.1", "2.2.2.2",
                                                                 "3.3.3.3")]) == [
         None, "RTNETLINK answers: Network is unreachable", None]
