@@ -2,8 +2,8 @@
 
 A backend writes a `RuleSet` into the kernel, checks and repairs it, and removes it again.
 All commands go through a `Runner` so tests and benchmarks can run them inside a network
-namespace (``NamespaceRunner``) and the daemon runs them without blocking the gevent hub: under
-``gevent.monkey.patch_all()`` the stdlib ``subprocess`` used here *is* gevent.subprocess.
+namespace (``NamespaceRunner``) and the daemon runs them without blocking the gevent hub
+(through `edgeproxy.spawn` once gevent is loaded).
 """
 
 from __future__ import annotations
@@ -39,17 +39,20 @@ class LocalRunner:
         self.netns = netns
 
     def __call__(self, argv: Sequence[str], input: str | None = None) -> Result:
-        # gevent.subprocess once gevent is loaded (the daemon, the keeper): the hub keeps
-        # serving while iptables runs. The one-shot commands never import gevent.
-        module = subprocess
-        if "gevent" in sys.modules:
-            import gevent.subprocess as module  # type: ignore[no-redef]
+        # Once gevent is loaded (the daemon, the keeper) edgeproxy.spawn: the hub keeps
+        # serving while iptables runs, and no fork copies the daemon's memory. The one-shot
+        # commands never import gevent.
         try:
-            proc = module.run([*self.prefix, *argv], input=input, capture_output=True,
-                              text=True, timeout=COMMAND_TIMEOUT)
+            if "gevent" in sys.modules:
+                from edgeproxy import spawn
+
+                proc = spawn.run([*self.prefix, *argv], input=input, timeout=COMMAND_TIMEOUT)
+            else:
+                proc = subprocess.run([*self.prefix, *argv], input=input, capture_output=True,
+                                      text=True, timeout=COMMAND_TIMEOUT)
         except FileNotFoundError as exc:
             return Result(127, "", f"{argv[0]}: command not found ({exc})")
-        except module.TimeoutExpired:
+        except subprocess.TimeoutExpired:
             return Result(124, "", f"{argv[0]}: timed out after {COMMAND_TIMEOUT:.0f} s")
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
