@@ -49,6 +49,9 @@ class RuleKeeper:
         self.check_period = check_period
         self.flush = flush or flush_udp_flows
         self.ruleset: RuleSet | None = None
+        # What is known to be in the kernel: written by the last successful apply or confirmed
+        # by the last check. The next update writes only its difference from this.
+        self._written: RuleSet | None = None
         self.repairs_total = 0
         self.apply_errors_total = 0
         self.conntrack_deleted_total = 0
@@ -70,12 +73,14 @@ class RuleKeeper:
         with self._lock:
             previous = _udp_targets(self.ruleset)
             self.ruleset = ruleset
+            written, self._written = self._written, None
             try:
-                self.backend.apply(ruleset)
+                self.backend.apply(ruleset, previous=written)
             except Exception as exc:  # noqa: BLE001 - keep running, retry on the next check
                 self.apply_errors_total += 1
                 log.error("applying rules with backend %s failed: %s", self.backend.name, exc)
                 return False
+            self._written = ruleset
             current = _udp_targets(ruleset)
             changed = [t for t, dest in current.items() if previous.get(t) != dest]
             changed += [t for t in previous if t not in current]
@@ -97,6 +102,7 @@ class RuleKeeper:
                 return []
             finally:
                 self.check_seconds_total += time.monotonic() - started
+            self._written = self.ruleset  # checked (and repaired where needed)
             if repairs:
                 self.repairs_total += len(repairs)
                 self.last_repair_descriptions = list(repairs)
@@ -131,4 +137,5 @@ class RuleKeeper:
                 log.error("cleanup: %s", err)
             self._flush(_udp_targets(self.ruleset))
             self.ruleset = None
+            self._written = None
             return report

@@ -28,11 +28,13 @@ class FakeBackend:
 
     def __init__(self) -> None:
         self.applied = []
+        self.previous = []
         self.broken = False
         self.fail_apply = False
         self.checks: list[bool] = []
 
-    def apply(self, ruleset) -> None:
+    def apply(self, ruleset, previous=None) -> None:
+        self.previous.append(previous)
         if self.fail_apply:
             raise RuntimeError("iptables-restore failed")
         self.applied.append(ruleset)
@@ -49,6 +51,23 @@ class FakeBackend:
 
     def cleanup(self) -> CleanupReport:
         return CleanupReport(removed=["chain X"])
+
+
+def test_update_tells_the_backend_what_is_known_to_be_written():
+    backend = FakeBackend()
+    keeper = RuleKeeper(backend, flush=lambda t: 0)
+    first, second, third = _rs(), _rs(), _rs()
+    keeper.update(first)
+    keeper.update(second)
+    assert backend.previous == [None, first]
+    backend.fail_apply = True
+    keeper.update(third)
+    backend.fail_apply = False
+    keeper.update(third)  # after a failure nothing is known: a full write
+    assert backend.previous[-1] is None
+    keeper.check_once()  # a clean check confirms the kernel holds the rule set
+    keeper.update(second)
+    assert backend.previous[-1] is third
 
 
 def test_update_flushes_udp_targets_only_when_capture_changes():

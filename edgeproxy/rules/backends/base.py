@@ -91,7 +91,9 @@ class CleanupReport:
 class Backend(Protocol):
     name: str
 
-    def apply(self, ruleset: RuleSet) -> None: ...
+    def apply(self, ruleset: RuleSet, previous: RuleSet | None = None) -> None:
+        """Write ``ruleset``; ``previous`` is what this backend last wrote successfully
+        (None: unknown), which lets a backend write only the difference."""
 
     def check_and_repair(self, ruleset: RuleSet, quick: bool = False) -> list[str]: ...
 

@@ -22,6 +22,7 @@ from ..iptables_text import Rule, Table, parse_save, split_rule
 from ..render import (ALL_OWN_CHAINS, JUMPS, KUBE_SERVICES, OWN_CHAINS, TABLES, RuleSet,
                       format_rule)
 from .. import nfnetlink
+from ..incremental import incremental_restore_text
 from .base import BackendError, CleanupReport, LocalRunner, Runner, netlink_target
 
 log = logging.getLogger(__name__)
@@ -148,10 +149,17 @@ class IptablesRestoreBackend:
 
     # -- Backend interface ----------------------------------------------------------------
 
-    def apply(self, ruleset: RuleSet) -> None:
+    def apply(self, ruleset: RuleSet, previous: RuleSet | None = None) -> None:
+        """Write ``ruleset``. ``previous``: what the caller last wrote successfully; a small
+        difference is then written as -D/-I lines (see incremental.py) without reading the
+        table, and anything else (or a failed edit) as a check of the live table plus a
+        rebuild of the chains that differ."""
         for family in (4, 6):
             if family in ruleset.families:
                 for table in ruleset.tables(family):
+                    if previous is not None and self._apply_edit(previous, ruleset, family,
+                                                                 table):
+                        continue
                     # Nothing is written when the live table already matches.
                     text, _ = self.plan(ruleset, family, table, self.read(family, table),
                                         force=False)
@@ -159,6 +167,24 @@ class IptablesRestoreBackend:
                         self.restore(family, text)
             else:
                 self._remove_family(family)
+
+    def _apply_edit(self, previous: RuleSet, ruleset: RuleSet, family: int,
+                    table: str) -> bool:
+        """True when the incremental edit was written (or nothing changed)."""
+        text = incremental_restore_text(previous, ruleset, family, table)
+        if text is None:
+            return False
+        if not text:
+            return True
+        try:
+            self.restore(family, text)
+        except BackendError as exc:
+            # The table is not what we last wrote (changed behind our back): the whole
+            # transaction was refused, so fall back to reading it and rebuilding.
+            log.info("incremental write refused, rewriting the chains: %s",
+                     str(exc).splitlines()[0])
+            return False
+        return True
 
     def _probe_jumps(self, ruleset: RuleSet) -> tuple[bool, dict, list[str]]:
         """Look at the built-in chains only (``-S``: a few ms where a full save of a

@@ -104,7 +104,8 @@ class NftablesBackend:
                             "rendered ones")
         return problems
 
-    def apply(self, ruleset: RuleSet) -> None:
+    def apply(self, ruleset: RuleSet, previous: RuleSet | None = None) -> None:
+        # One atomic replacement of our table per family; ``previous`` is not needed.
         for family in (4, 6):
             if family in ruleset.families:
                 self._nft("-f", "-", input=ruleset.nft_text(family))
