@@ -8,10 +8,11 @@ runs every second needs far less:
   kernel bumps it on every committed change to any nf_tables table of the namespace, iptables-nft
   writes included; rule counters do not change it. Same id as when the rules were last found
   right means nothing at all was written since, so nothing needs reading.
-* `rule_digest`: a SHA-256 of the raw ``NFT_MSG_NEWRULE`` messages of one table (optionally one
-  chain), as the kernel dumps them: chain name, handle, expressions, comment. No parsing, no
-  formatting; a rule deleted, added, replaced or reordered changes it. Only meaningful for rules
-  without counters (our nftables table; iptables-nft puts a counter in every rule).
+* `rule_digest`: a SHA-256 of the raw ``NFT_MSG_NEWRULE`` messages of one table (or of some of
+  its chains), as the kernel dumps them: chain name, handle, expressions, comment, with rule
+  counters blanked. No parsing, no formatting; a rule deleted, added, replaced or reordered
+  changes it. It cannot say what is right, only that nothing changed since a check that parsed
+  the rules found them right.
 
 The socket is opened in the namespace of the runner (tests and benchmarks run the backends in a
 namespace of their own): the calling thread enters it just for ``socket()``; a netlink socket
@@ -26,9 +27,10 @@ import ctypes
 import errno
 import hashlib
 import os
+import re
 import socket
 import struct
-from typing import Iterator
+from typing import Iterable, Iterator
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
@@ -140,24 +142,38 @@ def generation(netns: str | None = None) -> int | None:
     return None
 
 
-def rule_digest(family: int, table: str, chain: str | None = None,
+# iptables-nft puts a counter expression in every rule; its packet and byte counts change with
+# traffic, so they are blanked before hashing (list element "counter", data: two u64 attributes).
+_COUNTER = re.compile(rb"counter\x00\x1c\x00\x02[\x00\x80]\x0c\x00\x01\x00.{8}\x0c\x00\x02\x00.{8}",
+                      re.DOTALL)
+
+
+def rule_digest(family: int, table: str, chains: Iterable[str] | None = None,
                 netns: str | None = None) -> str | None:
-    """SHA-256 over the kernel's rule messages of ``table`` (and ``chain``); ``"absent"``
-    when the table (or chain) does not exist; None when netlink cannot be used."""
-    attrs = _attr(NFTA_RULE_TABLE, table.encode() + b"\0")
-    if chain is not None:
-        attrs += _attr(NFTA_RULE_CHAIN, chain.encode() + b"\0")
+    """SHA-256 over the kernel's rule messages of ``table`` (or of each of ``chains``: one dump
+    per chain is cheaper than one of the table, whose dump restarts its walk for every 32 KiB
+    message batch); rule counters blanked. None when netlink cannot be used. A missing table
+    or chain hashes as "absent", so it differs from any table or chain with rules."""
     try:
         sock = _open(netns)
     except OSError:
         return None
-    try:
-        with sock:
-            payloads = _request(sock, NFT_MSG_GETRULE, NFPROTO[family], attrs, dump=True)
-    except OSError as exc:  # the kernel's ENOENT: no such table or chain
-        return "absent" if exc.errno == errno.ENOENT else None
     digest = hashlib.sha256()
-    for payload in payloads:
-        digest.update(struct.pack("=I", len(payload)))
-        digest.update(payload)
+    base = _attr(NFTA_RULE_TABLE, table.encode() + b"\0")
+    with sock:
+        for chain in (None,) if chains is None else chains:
+            attrs = base if chain is None else base + _attr(NFTA_RULE_CHAIN,
+                                                            chain.encode() + b"\0")
+            try:
+                payloads = _request(sock, NFT_MSG_GETRULE, NFPROTO[family], attrs, dump=True)
+            except OSError as exc:  # the kernel's ENOENT: no such table or chain
+                if exc.errno != errno.ENOENT:
+                    return None
+                digest.update(f"absent {chain}\n".encode())
+                continue
+            blob = b"".join(struct.pack("=I", len(p)) + p for p in payloads)
+            if b"counter\x00" in blob:
+                blob = _COUNTER.sub(b"counter\x00", blob)
+            digest.update(f"{chain} {len(payloads)}\n".encode())
+            digest.update(blob)
     return digest.hexdigest()

@@ -50,6 +50,15 @@ def test_periodic_check_of_a_right_table_compares_text_without_parsing(netns, fl
     assert backend.check_and_repair(rs) == []
     if flavor == "nft":  # nothing written since: the nf_tables generation answers alone
         assert backend.checks_skipped == 1 and backend.checks_compared == 1
+        # Someone else writes to nf_tables: our chains' raw rules are unchanged.
+        ipt(netns, flavor, "-t", "nat", "-A", "KUBE-SERVICES", "-d", "198.19.0.99/32",
+            "-j", "RETURN")
+        assert backend.check_and_repair(rs) == []
+        assert backend.checks_digested == 1 and backend.checks_compared == 1
+        # Our chain emptied behind our back: the digest differs, the tables are compared.
+        ipt(netns, flavor, "-t", "nat", "-F", "KUBE-PORTALS-HOST")
+        assert any("KUBE-PORTALS-HOST" in r for r in backend.check_and_repair(rs))
+        assert backend.checks_compared == 2 and backend.checks_parsed == 1
     else:  # legacy tables have no generation: every check reads them
         assert backend.checks_compared == 2 and backend.checks_parsed == 0
 

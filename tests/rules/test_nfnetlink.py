@@ -29,23 +29,48 @@ def test_generation_moves_with_writes_only(netns):
     assert nfnetlink.generation(netns.name) != second
 
 
+def _digest(netns, chains=None, family=4):
+    return nfnetlink.rule_digest(family, "edgeproxy", chains, netns=netns.name)
+
+
 def test_rule_digest_sees_every_rule_change(netns):
     netns.run(["nft", "-f", "-"], input=TABLE)
-    digest = nfnetlink.rule_digest(4, "edgeproxy", netns=netns.name)
-    assert digest and digest == nfnetlink.rule_digest(4, "edgeproxy", netns=netns.name)
-    # Per chain: the empty chain digests like nothing at all, the full one does not.
-    assert (nfnetlink.rule_digest(4, "edgeproxy", "other", netns=netns.name)
-            == nfnetlink.rule_digest(6, "edgeproxy", netns=netns.name))
-    assert nfnetlink.rule_digest(4, "edgeproxy", "KUBE-PORTALS-HOST", netns=netns.name) == digest
+    chains = ["KUBE-PORTALS-HOST", "other"]
+    digest = _digest(netns, chains)
+    assert digest and digest == _digest(netns, chains)
+    assert _digest(netns) not in (None, digest)  # the table in one dump: hashed differently
+    assert _digest(netns, ["KUBE-PORTALS-HOST", "gone"]) not in (None, digest)
+    assert _digest(netns, chains, family=6) not in (None, digest)  # no ip6 table
     handle = netns.run(["nft", "-a", "list", "chain", "ip", "edgeproxy", "KUBE-PORTALS-HOST"]
                        ).stdout.splitlines()[2].rsplit("# handle ", 1)[1]
     netns.run(["nft", "replace", "rule", "ip", "edgeproxy", "KUBE-PORTALS-HOST", "handle",
                handle, "ip", "daddr", "198.19.0.10", "tcp", "dport", "80", "dnat", "to",
                "169.254.96.17:61009", "comment", '"default/web"'])
-    replaced = nfnetlink.rule_digest(4, "edgeproxy", netns=netns.name)
+    replaced = _digest(netns, chains)
     assert replaced not in (None, digest)
     netns.run(["nft", "flush", "chain", "ip", "edgeproxy", "KUBE-PORTALS-HOST"])
-    assert nfnetlink.rule_digest(4, "edgeproxy", netns=netns.name) not in (None, replaced)
+    assert _digest(netns, chains) not in (None, replaced)
+
+
+def test_rule_digest_ignores_counters_of_iptables_nft_rules(netns):
+    def ipt(*args):
+        netns.run(["iptables-nft", "-w", "5", "-t", "nat", *args])
+
+    ipt("-N", "KUBE-PORTALS-HOST")
+    ipt("-A", "KUBE-PORTALS-HOST", "-d", "198.19.0.10/32", "-p", "tcp", "-m", "tcp",
+        "--dport", "80", "-j", "DNAT", "--to-destination", "198.18.1.11:8080")
+    ipt("-A", "OUTPUT", "-j", "KUBE-PORTALS-HOST")
+    digest = nfnetlink.rule_digest(4, "nat", ["OUTPUT", "KUBE-PORTALS-HOST"], netns=netns.name)
+    netns.run(["ip", "route", "add", "198.19.0.0/16", "dev", "lo"])
+    netns.run(["curl", "-s", "--max-time", "0.5", "http://198.19.0.10/"], check=False)
+    counted = netns.run(["iptables-nft", "-t", "nat", "-L", "OUTPUT", "-v", "-n", "-x"]).stdout
+    assert any(line.split()[0] not in ("0", "pkts") for line in counted.splitlines()[2:])
+    assert nfnetlink.rule_digest(4, "nat", ["OUTPUT", "KUBE-PORTALS-HOST"],
+                                 netns=netns.name) == digest
+    ipt("-R", "KUBE-PORTALS-HOST", "1", "-d", "198.19.0.10/32", "-p", "tcp", "-m", "tcp",
+        "--dport", "80", "-j", "DNAT", "--to-destination", "198.18.1.12:8080")
+    assert nfnetlink.rule_digest(4, "nat", ["OUTPUT", "KUBE-PORTALS-HOST"],
+                                 netns=netns.name) not in (None, digest)
 
 
 def test_unreadable_namespace_gives_none_not_an_error():

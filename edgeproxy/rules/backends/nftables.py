@@ -140,7 +140,8 @@ class NftablesBackend:
         listing already found right (the first check after every write of ours)."""
         digest = None
         if self._netlink:
-            digest = nfnetlink.rule_digest(family, NFT_TABLE, netns=self._netns)
+            digest = nfnetlink.rule_digest(family, NFT_TABLE, ruleset.nft_chain_rules(family),
+                                           netns=self._netns)
             self.checks_compared += 1
             known = self._verified.get(family)
             if digest is not None and known is not None and known == (digest, ruleset):
@@ -148,7 +149,7 @@ class NftablesBackend:
         self._verified.pop(family, None)
         self.checks_listed += 1
         problems = self._problems(ruleset, family)
-        if not problems and digest is not None and digest != "absent":
+        if not problems and digest is not None:
             # The digest was read before the listing: if the table changed in between, the
             # next check sees another digest and lists again.
             self._verified[family] = (digest, ruleset)
@@ -158,7 +159,7 @@ class NftablesBackend:
         """Repairs made. Every call finds every kind of damage (table, chain or rule gone,
         added or changed) at a cost bounded by one dump of our rules: unchanged nf_tables
         generation since the last clean check, nothing to do (0.1 ms); else the raw-rule
-        digest of our table against the last verified one (~0.2 s at 20,000 rules); a full
+        digest of our chains against the last verified one (~0.15 s at 20,000 rules); a full
         listing only when that differs."""
         if quick and self.quick_check(ruleset):
             return []
