@@ -77,8 +77,9 @@ def answers(topo: tb.Topology, vip: str, expect: str | None = None) -> bool:
 
 
 def new_service_trials(topo: tb.Topology, daemon: tb.Daemon, root: Path, trials: int,
-                       first: int) -> list[float]:
-    """Seconds from rename to first answer, one new service per trial."""
+                       first: int, phases: list[dict[str, float]] | None = None) -> list[float]:
+    """Seconds from rename to first answer, one new service per trial; with ``phases``, the
+    daemon's per-phase timing of the sync that served each trial is appended there."""
     results = []
     for n in range(first, first + trials):
         vip = f"{TRIAL_NET}.{n % 250 + 1}" if n < 250 else f"198.19.201.{n % 250 + 1}"
@@ -96,6 +97,8 @@ def new_service_trials(topo: tb.Topology, daemon: tb.Daemon, root: Path, trials:
             time.sleep(0.005)
         results.append(time.monotonic() - start)
         time.sleep(0.2)  # let the sync settle so trials do not overlap
+        if phases is not None:
+            phases.append(last_phases(daemon))
     return results
 
 
@@ -134,27 +137,13 @@ def forwarding_latencies(topo: tb.Topology, seconds: float,
     return latencies, failures[0]
 
 
-def sync_phases(log_path: Path, min_ports: int) -> dict[str, list[float]]:
-    """Per-phase seconds of the daemon's syncs with at least ``min_ports`` ports, from its
-    "sync applied" log lines (key=value): where a slow reload spends its time."""
-    phases: dict[str, list[float]] = {}
+def last_phases(daemon: tb.Daemon) -> dict[str, float]:
+    """Seconds per phase of the daemon's last sync (compute, listen, render, rules, routes),
+    from `edgeproxy status`: where a slow reload spends its time."""
     try:
-        lines = log_path.read_text(errors="replace").splitlines()
-    except OSError:
-        return phases
-    for line in lines:
-        if "sync applied" not in line:
-            continue
-        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-        try:
-            if int(fields.get("ports", "0")) < min_ports:
-                continue
-            for name, value in fields.items():
-                if name.endswith("_s"):
-                    phases.setdefault(name[:-2], []).append(float(value))
-        except ValueError:
-            continue
-    return phases
+        return dict(daemon.status().get("sync", {}).get("lastPhaseSeconds") or {})
+    except (tb.DaemonError, OSError):
+        return {}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -181,6 +170,7 @@ def main() -> int:
         return 1
 
     rows: list[tuple] = []
+    large_phases: list[dict[str, float]] = []
     ok = True
     workdir = tb.make_workdir("edgeproxy-bench-")
     root = tb.copy_examples(REPO / "config" / "examples", workdir / "manifests")
@@ -211,7 +201,8 @@ def main() -> int:
                   "writing them", file=sys.stderr, flush=True)
             time.sleep(1.0)
 
-            large = new_service_trials(topo, daemon, root, args.trials, args.trials)
+            large = new_service_trials(topo, daemon, root, args.trials, args.trials,
+                                       large_phases)
             rows.append((f"new service answering, {args.services:,} loaded", len(large), large,
                          1.0))
 
@@ -228,7 +219,6 @@ def main() -> int:
             busy, busy_fail = forwarding_latencies(topo, args.load_seconds, during=flip)
         finally:
             rc = daemon.stop(timeout=60)
-            phases = sync_phases(daemon.log_path, min_ports=args.services)
     import shutil
     shutil.rmtree(workdir, ignore_errors=True)
 
@@ -251,10 +241,14 @@ def main() -> int:
           f"failures={busy_fail}")
     if idle_fail or busy_fail:
         ok = False
-    if phases:
-        print(f"\nsync phases with {args.services:,} services loaded (seconds, from the daemon's "
-              "log):")
-        for name, values in phases.items():
+    by_phase: dict[str, list[float]] = {}
+    for trial in large_phases:
+        for name, seconds in trial.items():
+            by_phase.setdefault(name, []).append(seconds)
+    if by_phase:
+        print(f"\nphases of the sync that served each new service, {args.services:,} loaded "
+              "(seconds, from `edgeproxy status`):")
+        for name, values in by_phase.items():
             print(f"  {name:10} n={len(values):3d}  p50 {pct(values, 50):7.3f}  "
                   f"max {max(values):7.3f}")
     print(f"\ndaemon exit code on SIGTERM: {rc}")

@@ -124,6 +124,7 @@ class Daemon:
         self._full_rescan = True
         self._force_apply = False
         self._phases: dict[str, float] = {}
+        self.last_phases: dict[str, float] = {}  # of the last sync, for /status
         self._stopped = gevent.event.Event()
         self._done = gevent.event.Event()
         self.exit_code = 0
@@ -224,6 +225,7 @@ class Daemon:
             raise
         finally:
             self._observe(time.monotonic() - start)
+            self.last_phases = dict(self._phases)
         if self.queued_since == queued_at:
             self.queued_since = None
         self.last_applied_wall = time.time()

@@ -67,6 +67,8 @@ def build_status(daemon: Any) -> dict[str, Any]:
         "sync": {"total": daemon.counters.syncs_total,
                  "errorsTotal": daemon.counters.sync_errors_total,
                  "lastDurationSeconds": round(daemon.counters.last_sync_seconds, 6),
+                 # Where the last sync's time went (compute, listen, render, rules, routes).
+                 "lastPhaseSeconds": dict(getattr(daemon, "last_phases", {}) or {}),
                  "lastApplied": daemon.last_applied_wall},
         "currentTime": time.time(),
         "config": daemon.config.to_dict(),
