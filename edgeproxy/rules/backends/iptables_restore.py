@@ -21,7 +21,7 @@ from collections import Counter
 from ..iptables_text import Rule, Table, parse_save, split_rule
 from ..render import (ALL_OWN_CHAINS, JUMPS, KUBE_SERVICES, OWN_CHAINS, TABLES, RuleSet,
                       format_rule)
-from .. import nfnetlink
+from .. import nfnetlink, xtables
 from ..incremental import incremental_restore_text
 from .base import BackendError, CleanupReport, LocalRunner, Runner, netlink_target
 
@@ -238,10 +238,10 @@ class IptablesRestoreBackend:
         # cannot vouch for the rules:
         # (1) nft flavour: the nf_tables generation is the one of the last clean check, so
         #     nobody wrote anything since (0.1 ms);
-        # (2) nft flavour: a digest of the kernel's raw rules of our chains and of the
-        #     built-in chains holding our jumps equals the one taken at the last check that
-        #     compared them and found them right (someone else wrote elsewhere; ~0.1 s at
-        #     20,000 rules where iptables-nft-save takes most of a second);
+        # (2) a digest of the raw rules equals the one taken at the last check that compared
+        #     them and found them right (nft flavour: our chains and the built-in chains with
+        #     our jumps, so writes elsewhere do not count; legacy: the whole tables, counters
+        #     left out); about half of an iptables-save at 20,000 rules;
         # (3) one iptables-save per table, our chains compared as slices of its text against
         #     what we rendered (the save itself, plus a few ms);
         # (4) only when that differs, the table is parsed, planned and repaired.
@@ -282,16 +282,21 @@ class IptablesRestoreBackend:
         return repairs
 
     def _digest(self, ruleset: RuleSet) -> str | None:
-        """nft flavour: raw-rule digest of our chains and the built-in chains with our jumps
-        (iptables-nft tables are nf_tables tables named like the iptables ones)."""
-        if self.flavor != "nft" or not self._netlink:
+        """A digest that changes whenever any rule that matters to us may have changed, None
+        when it cannot be read. nft flavour: the raw rules of our chains and of the built-in
+        chains holding our jumps (iptables-nft tables are nf_tables tables named like the
+        iptables ones); legacy: the whole table blob, counters left out (xtables.py)."""
+        if not self._netlink:
             return None
         parts = []
         for family in ruleset.families:
             for table in ruleset.tables(family):
-                chains = [*ruleset.chain_rules(family, table),
-                          *dict.fromkeys(j.chain for j in ruleset.jumps(table))]
-                part = nfnetlink.rule_digest(family, table, chains, netns=self._netns)
+                if self.flavor == "legacy":
+                    part = xtables.table_digest(family, table, netns=self._netns)
+                else:
+                    chains = [*ruleset.chain_rules(family, table),
+                              *dict.fromkeys(j.chain for j in ruleset.jumps(table))]
+                    part = nfnetlink.rule_digest(family, table, chains, netns=self._netns)
                 if part is None:
                     return None
                 parts.append(part)
