@@ -184,6 +184,54 @@ def test_cleanup_restores_tables_exactly_and_twice_is_fine(netns, flavor):
     assert again.ok and again.removed == []
 
 
+def _whole_ruleset(netns) -> tuple[str, str, str]:
+    """Everything the kernel holds: both legacy families and all of nf_tables (the nft flavour,
+    our nftables tables and kube-proxy's)."""
+    return (dump(netns, "legacy"), dump(netns, "legacy", 6),
+            netns.run(["nft", "list", "ruleset"]).stdout)
+
+
+def test_cleanup_after_every_backend_leaves_the_whole_ruleset_exactly_as_before(netns):
+    for flavor in FLAVORS:
+        install_kube_proxy(netns, flavor)
+        install_kube_proxy(netns, flavor, family=6)
+    netns.run(["nft", "-f", "-"], input=KUBE_PROXY_NFT)
+    before = _whole_ruleset(netns)
+    rs = _ruleset()
+    runner = namespace_runner(netns.name)
+    for name in ("legacy", "nft", "nftables"):  # a node that switched backends over time
+        make_backend(name, runner).apply(rs)
+    assert _whole_ruleset(netns) != before
+    for name in ("legacy", "nft", "nftables"):
+        assert make_backend(name, runner).cleanup().ok
+    assert _whole_ruleset(netns) == before
+
+
+def test_cleanup_on_a_bare_node_leaves_only_empty_builtin_chains(netns):
+    """What is not "exactly as before": the built-in tables our rules needed stay, empty, with
+    their ACCEPT policies. Legacy tables cannot be deleted at all (they live until the
+    namespace does); an iptables-nft table may be in use by another writer the moment we would
+    delete it, and an empty one decides nothing. kube-proxy creates the same tables anyway."""
+    rs = _ruleset()
+    runner = namespace_runner(netns.name)
+    for name in ("legacy", "nft", "nftables"):
+        make_backend(name, runner).apply(rs)
+        assert make_backend(name, runner).cleanup().ok
+    for family in (4, 6):
+        text = dump(netns, "legacy", family)
+        assert [line for line in text.splitlines() if line[:1] not in ("*", ":", "")
+                and line != "COMMIT"] == [], text
+        assert all(line.endswith("ACCEPT") for line in text.splitlines() if line[:1] == ":")
+    ruleset = netns.run(["nft", "list", "ruleset"]).stdout
+    tables = [line.split()[1:3] for line in ruleset.splitlines() if line.startswith("table ")]
+    assert sorted(tables) == [["ip", "filter"], ["ip", "nat"], ["ip6", "filter"], ["ip6", "nat"]]
+    body = [line.strip() for line in ruleset.splitlines()
+            if line.startswith("\t") and line.strip() not in ("", "}")]
+    assert body and all(line.startswith(("chain ", "type ")) and
+                        ("policy accept" in line or line.startswith("chain "))
+                        for line in body), ruleset
+
+
 def test_removing_the_last_ipv6_service_removes_ip6tables_chains(netns):
     backend = make_backend("nft", namespace_runner(netns.name))
     backend.apply(_ruleset())
