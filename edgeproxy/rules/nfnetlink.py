@@ -34,6 +34,7 @@ from typing import Iterable, Iterator
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_GETCHAIN = 4
 NFT_MSG_GETRULE = 7
 NFT_MSG_GETGEN = 16
 NFTA_RULE_TABLE = 1
@@ -148,32 +149,61 @@ _COUNTER = re.compile(rb"counter\x00\x1c\x00\x02[\x00\x80]\x0c\x00\x01\x00.{8}\x
                       re.DOTALL)
 
 
-def rule_digest(family: int, table: str, chains: Iterable[str] | None = None,
-                netns: str | None = None) -> str | None:
-    """SHA-256 over the kernel's rule messages of ``table`` (or of each of ``chains``: one dump
-    per chain is cheaper than one of the table, whose dump restarts its walk for every 32 KiB
-    message batch); rule counters blanked. None when netlink cannot be used. A missing table
-    or chain hashes as "absent", so it differs from any table or chain with rules."""
+def chain_digests(family: int, table: str, chains: Iterable[str],
+                  netns: str | None = None) -> dict[str, str] | None:
+    """SHA-256 per chain over the kernel's rule messages of that chain of ``table``, rule
+    counters blanked; "absent" for a chain (or table) that does not exist; None when netlink
+    cannot be used. One dump per chain is cheaper than one of the table, whose dump restarts
+    its walk for every 32 KiB message batch."""
     try:
         sock = _open(netns)
     except OSError:
         return None
-    digest = hashlib.sha256()
+    result: dict[str, str] = {}
     base = _attr(NFTA_RULE_TABLE, table.encode() + b"\0")
     with sock:
-        for chain in (None,) if chains is None else chains:
-            attrs = base if chain is None else base + _attr(NFTA_RULE_CHAIN,
-                                                            chain.encode() + b"\0")
+        for chain in chains:
+            # NFTA_CHAIN_TABLE/NFTA_CHAIN_NAME are attributes 1 and 3, NFTA_RULE_* 1 and 2.
+            name = chain.encode() + b"\0"
             try:
-                payloads = _request(sock, NFT_MSG_GETRULE, NFPROTO[family], attrs, dump=True)
+                # A rule dump of a missing chain is just empty, like that of an empty chain:
+                # ask for the chain itself first (one message, ENOENT when it is gone).
+                _request(sock, NFT_MSG_GETCHAIN, NFPROTO[family], base + _attr(3, name),
+                         dump=False)
+                payloads = _request(sock, NFT_MSG_GETRULE, NFPROTO[family],
+                                    base + _attr(NFTA_RULE_CHAIN, name), dump=True)
             except OSError as exc:  # the kernel's ENOENT: no such table or chain
                 if exc.errno != errno.ENOENT:
                     return None
-                digest.update(f"absent {chain}\n".encode())
+                result[chain] = "absent"
                 continue
-            blob = b"".join(struct.pack("=I", len(p)) + p for p in payloads)
-            if b"counter\x00" in blob:
-                blob = _COUNTER.sub(b"counter\x00", blob)
-            digest.update(f"{chain} {len(payloads)}\n".encode())
-            digest.update(blob)
-    return digest.hexdigest()
+            result[chain] = _hash(payloads)
+    return result
+
+
+def _hash(payloads: list[bytes]) -> str:
+    blob = b"".join(struct.pack("=I", len(p)) + p for p in payloads)
+    if b"counter\x00" in blob:
+        blob = _COUNTER.sub(b"counter\x00", blob)
+    return hashlib.sha256(blob).hexdigest()
+
+
+def rule_digest(family: int, table: str, chains: Iterable[str] | None = None,
+                netns: str | None = None) -> str | None:
+    """One digest over ``table`` (one dump) or over the `chain_digests` of ``chains``."""
+    if chains is not None:
+        per_chain = chain_digests(family, table, chains, netns)
+        if per_chain is None:
+            return None
+        return hashlib.sha256(repr(sorted(per_chain.items())).encode()).hexdigest()
+    try:
+        sock = _open(netns)
+    except OSError:
+        return None
+    try:
+        with sock:
+            payloads = _request(sock, NFT_MSG_GETRULE, NFPROTO[family],
+                                _attr(NFTA_RULE_TABLE, table.encode() + b"\0"), dump=True)
+    except OSError as exc:
+        return "absent" if exc.errno == errno.ENOENT else None
+    return _hash(payloads)

@@ -41,6 +41,10 @@ def test_rule_digest_sees_every_rule_change(netns):
     assert _digest(netns) not in (None, digest)  # the table in one dump: hashed differently
     assert _digest(netns, ["KUBE-PORTALS-HOST", "gone"]) not in (None, digest)
     assert _digest(netns, chains, family=6) not in (None, digest)  # no ip6 table
+    # A missing chain is told apart from an empty one (a rule dump alone cannot).
+    per_chain = nfnetlink.chain_digests(4, "edgeproxy", ["other", "gone"], netns=netns.name)
+    assert per_chain is not None and per_chain["gone"] == "absent"
+    assert per_chain["other"] not in ("absent", None)
     handle = netns.run(["nft", "-a", "list", "chain", "ip", "edgeproxy", "KUBE-PORTALS-HOST"]
                        ).stdout.splitlines()[2].rsplit("# handle ", 1)[1]
     netns.run(["nft", "replace", "rule", "ip", "edgeproxy", "KUBE-PORTALS-HOST", "handle",

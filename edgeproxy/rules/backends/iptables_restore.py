@@ -41,8 +41,8 @@ class IptablesRestoreBackend:
         # rule set (nft flavour only: legacy tables have no generation). See check_and_repair.
         self._netlink, self._netns = netlink_target(self.run)
         self._clean: tuple[int, RuleSet] | None = None
-        # nft flavour: raw-rule digest of our chains at the last check that compared them.
-        self._verified: tuple[str, RuleSet] | None = None
+        # Raw-rule digests at the last check that found everything right (see _digests).
+        self._verified: tuple[dict, RuleSet] | None = None
         self.checks_skipped = 0  # checks answered by the unchanged generation alone
         self.checks_digested = 0  # checks answered by the unchanged raw-rule digest
         self.checks_compared = 0  # checks that read the tables (slices compared, no parsing)
@@ -189,78 +189,69 @@ class IptablesRestoreBackend:
             return False
         return True
 
-    def _probe_jumps(self, ruleset: RuleSet) -> tuple[bool, dict, list[str]]:
-        """Look at the built-in chains only (``-S``: a few ms where a full save of a
-        20,000-rule table takes hundreds). Returns (all right, {(family, table): jump edit
-        lines}, problems); the edits are only offered when every jump exists and merely sits
-        in the wrong place or twice, so our chains themselves were not touched."""
-        edits: dict[tuple[int, str], list[str]] = {}
+    def _fix_jumps(self, ruleset: RuleSet, chains: set[tuple[int, str, str]]) -> list[str]:
+        """Check (and fix) our jumps in the built-in ``chains`` only, with ``-S CHAIN`` (a few
+        ms where a save of the 20,000-rule table takes hundreds); for when nothing else of
+        ours changed. Misplaced, duplicate or missing jumps are fixed with one restore of the
+        jump lines per table."""
         problems: list[str] = []
-        fixable = True
-        for family in ruleset.families:
+        edits: dict[tuple[int, str], list[str]] = {}
+        for family, table, chain in sorted(chains):
             tool = f"{'iptables' if family == 4 else 'ip6tables'}-{self.flavor}"
-            for table in ruleset.tables(family):
-                if not self._table_exists(family, table):
-                    return False, {}, [f"{tool} {table}: table missing"]
-                for chain in dict.fromkeys(j.chain for j in ruleset.jumps(table)):
-                    res = self.run([tool, "-w", LOCK_WAIT, "-t", table, "-S", chain])
-                    if res.returncode != 0:
-                        return False, {}, [f"{tool} {table}: cannot list {chain}"]
-                    live = parse_save(f"*{table}\n{res.stdout}COMMIT\n")[table]
-                    wanted = [j.tokens for j in ruleset.jumps(table) if j.chain == chain]
-                    lines, why = jump_edits(live, chain, wanted)
-                    if why:
-                        problems.append(f"{tool} {table}: {chain}: {why}")
-                        edits.setdefault((family, table), []).extend(lines)
-                        have = {r.key() for r in live.rules(chain)}
-                        if not all(Rule(chain, w).key() in have for w in wanted):
-                            fixable = False  # a jump is gone: maybe its chain too
-        return not problems, (edits if fixable else {}), problems
+            res = self.run([tool, "-w", LOCK_WAIT, "-t", table, "-S", chain])
+            if res.returncode != 0:
+                raise BackendError(f"{tool} -t {table} -S {chain} failed: "
+                                   f"{res.stderr.strip()}")
+            live = parse_save(f"*{table}\n{res.stdout}COMMIT\n")[table]
+            lines, why = jump_edits(live, chain, [j.tokens for j in ruleset.jumps(table)
+                                                  if j.chain == chain])
+            if why:
+                problems.append(f"{tool} {table}: {chain}: {why}")
+                edits.setdefault((family, table), []).extend(lines)
+        for (family, table), lines in edits.items():
+            self.restore(family, f"*{table}\n" + "\n".join(lines) + "\nCOMMIT\n")
+        return problems
 
-    def quick_check(self, ruleset: RuleSet) -> bool:
-        """True when every jump is in place. Deleting one of our chains needs its jumps
-        removed first, so this also notices `kube-proxy --cleanup` and EdgeMesh's exit."""
-        return self._probe_jumps(ruleset)[0]
+    def check_and_repair(self, ruleset: RuleSet) -> list[str]:
+        """Repairs made (empty when all was right); finds every kind of damage.
 
-    def check_and_repair(self, ruleset: RuleSet, quick: bool = False) -> list[str]:
-        """Repairs made (empty when all was right). ``quick``: only look at the jumps; a jump
-        that is merely misplaced (kube-proxy re-inserted its own at rule 1) is moved with a
-        restore of the jump lines alone, anything else gets the full check."""
-        if quick:
-            ok, edits, problems = self._probe_jumps(ruleset)
-            if ok:
-                return []
-            if edits:
-                for (family, table), lines in edits.items():
-                    self.restore(family, f"*{table}\n" + "\n".join(lines) + "\nCOMMIT\n")
-                return problems
-        # Every period checks every rule, each step only when the cheaper one before it
-        # cannot vouch for the rules:
-        # (1) nft flavour: the nf_tables generation is the one of the last clean check, so
-        #     nobody wrote anything since (0.1 ms);
-        # (2) a digest of the raw rules equals the one taken at the last check that compared
-        #     them and found them right (nft flavour: our chains and the built-in chains with
-        #     our jumps, so writes elsewhere do not count; legacy: the whole tables, counters
-        #     left out); about half of an iptables-save at 20,000 rules;
-        # (3) one iptables-save per table, our chains compared as slices of its text against
-        #     what we rendered (the save itself, plus a few ms);
-        # (4) only when that differs, the table is parsed, planned and repaired.
-        # The generation and the digest are read before the tables: a write during the check
-        # makes the next one look again.
+        Every period checks every rule, each step only when the cheaper one before it cannot
+        vouch for the rules:
+        (1) nft flavour: the nf_tables generation is the one of the last clean check, so
+            nobody wrote anything since (0.1 ms);
+        (2) digests of the raw rules equal those taken at the last check that compared the
+            tables and found them right (nft flavour: per chain, our chains and the built-in
+            chains with our jumps, so writes elsewhere do not count; legacy: the whole
+            tables, counters left out; about half of an iptables-save at 20,000 rules).
+            nft flavour: when only built-in chains changed (kube-proxy re-inserted its jump
+            at rule 1), only they are listed and our jumps fixed, not the whole table read;
+        (3) one iptables-save per table, our chains compared as slices of its text against
+            what we rendered (the save itself, plus a few ms);
+        (4) only when that differs, the table is parsed, planned and repaired.
+        The generation and the digests are read before the tables: a write during the check
+        makes the next one look again.
+        """
         generation = self.generation()
         if (generation is not None and self._clean is not None
                 and self._clean[0] == generation and self._clean[1] is ruleset):
             self.checks_skipped += 1
             return []
         self._clean = None
-        digest = self._digest(ruleset)
-        if digest is not None and self._verified is not None and self._verified == (
-                digest, ruleset):
-            self.checks_digested += 1
-            if generation is not None:
-                self._clean = (generation, ruleset)
-            return []
+        digests = self._digests(ruleset)
+        known = self._verified
         self._verified = None
+        if digests is not None and known is not None and known[1] is ruleset:
+            changed = {key for key, value in digests.items() if known[0].get(key) != value}
+            jump_chains = {j.chain for j in ruleset.jumps("nat") + ruleset.jumps("filter")}
+            if not changed or (self.flavor == "nft"
+                               and all(key[2] in jump_chains for key in changed)):
+                self.checks_digested += 1
+                repairs = self._fix_jumps(ruleset, changed) if changed else []
+                if not repairs:
+                    self._verified = (digests, ruleset)
+                    if generation is not None:
+                        self._clean = (generation, ruleset)
+                return repairs
         self.checks_compared += 1
         repairs: list[str] = []
         for family in ruleset.families:
@@ -277,30 +268,33 @@ class IptablesRestoreBackend:
         if not repairs:
             if generation is not None:
                 self._clean = (generation, ruleset)
-            if digest is not None:
-                self._verified = (digest, ruleset)
+            if digests is not None:
+                self._verified = (digests, ruleset)
         return repairs
 
-    def _digest(self, ruleset: RuleSet) -> str | None:
-        """A digest that changes whenever any rule that matters to us may have changed, None
-        when it cannot be read. nft flavour: the raw rules of our chains and of the built-in
-        chains holding our jumps (iptables-nft tables are nf_tables tables named like the
-        iptables ones); legacy: the whole table blob, counters left out (xtables.py)."""
+    def _digests(self, ruleset: RuleSet) -> dict[tuple[int, str, str], str] | None:
+        """Digests that change whenever a rule that matters to us may have changed, None when
+        they cannot be read. nft flavour: per chain, the raw rules of our chains and of the
+        built-in chains holding our jumps (iptables-nft tables are nf_tables tables named like
+        the iptables ones); legacy: per table, the table blob without counters (xtables.py)."""
         if not self._netlink:
             return None
-        parts = []
+        result: dict[tuple[int, str, str], str] = {}
         for family in ruleset.families:
             for table in ruleset.tables(family):
                 if self.flavor == "legacy":
-                    part = xtables.table_digest(family, table, netns=self._netns)
-                else:
-                    chains = [*ruleset.chain_rules(family, table),
-                              *dict.fromkeys(j.chain for j in ruleset.jumps(table))]
-                    part = nfnetlink.rule_digest(family, table, chains, netns=self._netns)
-                if part is None:
+                    digest = xtables.table_digest(family, table, netns=self._netns)
+                    if digest is None:
+                        return None
+                    result[(family, table, "*")] = digest
+                    continue
+                chains = [*ruleset.chain_rules(family, table),
+                          *dict.fromkeys(j.chain for j in ruleset.jumps(table))]
+                per_chain = nfnetlink.chain_digests(family, table, chains, netns=self._netns)
+                if per_chain is None:
                     return None
-                parts.append(part)
-        return " ".join(parts)
+                result.update({(family, table, c): d for c, d in per_chain.items()})
+        return result
 
     def diagnose(self, ruleset: RuleSet | None) -> list[str]:
         """Problems without repairing; with no rule set only the jumps and chains are checked."""
