@@ -28,6 +28,7 @@ import errno
 import hashlib
 import os
 import re
+import _socket
 import socket
 import struct
 from typing import Iterable, Iterator
@@ -69,10 +70,13 @@ def _in_netns(netns: str | None) -> Iterator[None]:
             libc.setns(original.fileno(), CLONE_NEWNET)
 
 
-def _open(netns: str | None) -> socket.socket:
-    # No greenlet switch can happen between the two setns calls: socket() does not yield.
+def _open(netns: str | None) -> "_socket.socket":
+    """A netlink socket of the namespace ``netns``, from the C ``_socket`` module, which
+    gevent's monkey-patching leaves alone: these reads run in a native thread of gevent's pool
+    (backends/base.py `off_hub`), where a cooperative socket would need a hub of its own."""
+    # setns affects the calling thread only, and only until the socket exists.
     with _in_netns(netns):
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        sock = _socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     try:
         sock.settimeout(RECV_TIMEOUT)
         sock.bind((0, 0))
@@ -87,7 +91,7 @@ def _attr(kind: int, value: bytes) -> bytes:
     return struct.pack("=HH", length, kind) + value + b"\0" * (-length % 4)
 
 
-def _request(sock: socket.socket, msg: int, family: int, attrs: bytes, dump: bool) -> list[bytes]:
+def _request(sock: _socket.socket, msg: int, family: int, attrs: bytes, dump: bool) -> list[bytes]:
     """Payloads (after nlmsghdr + nfgenmsg) of the answer; OSError carries the kernel's errno."""
     global _seq
     _seq = (_seq + 1) & 0xFFFFFFFF
@@ -127,8 +131,11 @@ def _request(sock: socket.socket, msg: int, family: int, attrs: bytes, dump: boo
 def generation(netns: str | None = None) -> int | None:
     """The namespace's nf_tables generation id, None when it cannot be read."""
     try:
-        with _open(netns) as sock:
+        sock = _open(netns)
+        try:
             payloads = _request(sock, NFT_MSG_GETGEN, 0, b"", dump=False)
+        finally:
+            sock.close()
     except OSError:
         return None
     for payload in payloads:
@@ -161,7 +168,7 @@ def chain_digests(family: int, table: str, chains: Iterable[str],
         return None
     result: dict[str, str] = {}
     base = _attr(NFTA_RULE_TABLE, table.encode() + b"\0")
-    with sock:
+    try:
         for chain in chains:
             # NFTA_CHAIN_TABLE/NFTA_CHAIN_NAME are attributes 1 and 3, NFTA_RULE_* 1 and 2.
             name = chain.encode() + b"\0"
@@ -178,6 +185,8 @@ def chain_digests(family: int, table: str, chains: Iterable[str],
                 result[chain] = "absent"
                 continue
             result[chain] = _hash(payloads)
+    finally:
+        sock.close()
     return result
 
 
@@ -201,9 +210,10 @@ def rule_digest(family: int, table: str, chains: Iterable[str] | None = None,
     except OSError:
         return None
     try:
-        with sock:
-            payloads = _request(sock, NFT_MSG_GETRULE, NFPROTO[family],
-                                _attr(NFTA_RULE_TABLE, table.encode() + b"\0"), dump=True)
+        payloads = _request(sock, NFT_MSG_GETRULE, NFPROTO[family],
+                            _attr(NFTA_RULE_TABLE, table.encode() + b"\0"), dump=True)
     except OSError as exc:
         return "absent" if exc.errno == errno.ENOENT else None
+    finally:
+        sock.close()
     return _hash(payloads)

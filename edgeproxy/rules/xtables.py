@@ -17,6 +17,7 @@ right; at 10,000 services it costs about half of an iptables-legacy-save (bench/
 from __future__ import annotations
 
 import ctypes
+import _socket
 import hashlib
 import socket
 import struct
@@ -36,7 +37,6 @@ FAMILY = {
 }
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_buffer = bytearray()  # reused between calls (the keeper calls once per period and table)
 
 
 def _getsockopt(fd: int, level: int, opt: int, buf: ctypes.Array) -> bool:
@@ -45,7 +45,7 @@ def _getsockopt(fd: int, level: int, opt: int, buf: ctypes.Array) -> bool:
 
 
 def table_digest(family: int, table: str, netns: str | None = None) -> str | None:
-    """SHA-256 of the legacy ``table`` without counters; "absent" when the table does not
+    """BLAKE2b digest of the legacy ``table`` without counters; "absent" when the table does not
     exist; None when it cannot be read (the caller then runs iptables-legacy-save)."""
     if ctypes.alignment(ctypes.c_uint64) != 8:
         return None  # i386 lays the structs out otherwise; iptables-legacy-save knows how
@@ -55,10 +55,10 @@ def table_digest(family: int, table: str, netns: str | None = None) -> str | Non
             with open(f"/proc/thread-self/net/{proc_name}") as names:
                 if table not in names.read().split():
                     return "absent"
-            sock = socket.socket(af, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            sock = _socket.socket(af, socket.SOCK_RAW, socket.IPPROTO_RAW)
     except OSError:
         return None
-    with sock:
+    try:
         name = table.encode()
         info = ctypes.create_string_buffer(name, GETINFO_SIZE)
         if not _getsockopt(sock.fileno(), level, SO_GET_INFO, info):
@@ -66,23 +66,20 @@ def table_digest(family: int, table: str, netns: str | None = None) -> str | Non
         size = struct.unpack_from("=I", info.raw, GETINFO_SIZE - 4)[0]
         if size > MAX_TABLE_BYTES:
             return None
-        # One reused buffer: allocating and copying 10 MB (20,000 entries with their 256-byte
-        # comment match) every second costs more than the kernel's copy itself.
-        global _buffer
-        if len(_buffer) < GET_ENTRIES_HEADER + size:
-            _buffer = bytearray(GET_ENTRIES_HEADER + size)
-        request = (ctypes.c_char * (GET_ENTRIES_HEADER + size)).from_buffer(_buffer)
-        # Zeroed first: the kernel does not write every byte (padding inside some entries),
-        # and what the last call left there must not reach the digest.
-        ctypes.memset(request, 0, len(request))
-        request[:32] = name.ljust(32, b"\0")
-        struct.pack_into("=I", _buffer, 32, size)
+        # bytearray() comes zeroed: the kernel does not write every byte (padding inside
+        # some entries), and nothing but the table may reach the digest.
+        buffer = bytearray(GET_ENTRIES_HEADER + size)
+        request = (ctypes.c_char * len(buffer)).from_buffer(buffer)
+        request[:len(name)] = name
+        struct.pack_into("=I", buffer, 32, size)
         # EAGAIN when the table changed size since GET_INFO: the next check tries again.
         ok = _getsockopt(sock.fileno(), level, SO_GET_ENTRIES, request)
-        del request  # release the export so the buffer may grow next time
+        del request  # release the export of the buffer
         if not ok:
             return None
-    blob = memoryview(_buffer)[GET_ENTRIES_HEADER:GET_ENTRIES_HEADER + size]
+    finally:
+        sock.close()
+    blob = memoryview(buffer)[GET_ENTRIES_HEADER:]
     # Blank every entry's counters in place and hash once: a tight loop of three operations
     # per entry (~15 ms for 20,000 entries).
     zeros = bytes(header - counters_at)

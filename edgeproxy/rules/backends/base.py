@@ -11,9 +11,11 @@ from __future__ import annotations
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence, TypeVar
 
 from ..render import RuleSet
+
+T = TypeVar("T")
 
 COMMAND_TIMEOUT = 30.0  # seconds; iptables waits at most -w 5 for the lock, restore is fast
 
@@ -55,6 +57,17 @@ class LocalRunner:
         except subprocess.TimeoutExpired:
             return Result(124, "", f"{argv[0]}: timed out after {COMMAND_TIMEOUT:.0f} s")
         return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def off_hub(func: Callable[..., T], *args: object) -> T:
+    """``func(*args)`` in gevent's native thread pool once gevent is loaded (the daemon), so
+    the hub keeps serving while the in-process kernel reads run (nfnetlink.py, xtables.py: the
+    kernel's copy of 10 MB and the hashing release the GIL); directly otherwise."""
+    if "gevent" in sys.modules:
+        import gevent
+
+        return gevent.get_hub().threadpool.apply(func, args)
+    return func(*args)
 
 
 def netlink_target(runner: Runner) -> tuple[bool, str | None]:

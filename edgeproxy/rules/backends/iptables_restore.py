@@ -23,7 +23,7 @@ from ..render import (ALL_OWN_CHAINS, JUMPS, KUBE_SERVICES, OWN_CHAINS, TABLES, 
                       format_rule)
 from .. import nfnetlink, xtables
 from ..incremental import incremental_restore_text
-from .base import BackendError, CleanupReport, LocalRunner, Runner, netlink_target
+from .base import BackendError, CleanupReport, LocalRunner, Runner, netlink_target, off_hub
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class IptablesRestoreBackend:
             self.checks_skipped += 1
             return []
         self._clean = None
-        digests = self._digests(ruleset)
+        digests = off_hub(self._digests, ruleset)
         known = self._verified
         self._verified = None
         if digests is not None and known is not None and known[1] is ruleset:

@@ -18,7 +18,7 @@ import logging
 
 from ..render import NFT_TABLE, RuleSet, parse_nft_chains
 from .. import nfnetlink
-from .base import BackendError, CleanupReport, LocalRunner, Runner, netlink_target
+from .base import BackendError, CleanupReport, LocalRunner, Runner, netlink_target, off_hub
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,8 @@ class NftablesBackend:
     def _digests(self, ruleset: RuleSet, family: int) -> dict[str, str] | None:
         if not self._netlink:
             return None
-        return nfnetlink.chain_digests(family, NFT_TABLE, ruleset.nft_chain_rules(family),
-                                       netns=self._netns)
+        return off_hub(nfnetlink.chain_digests, family, NFT_TABLE,
+                       list(ruleset.nft_chain_rules(family)), self._netns)
 
     def _verify(self, ruleset: RuleSet, family: int) -> list[str]:
         """Problems of our table of ``family``. Compares the raw-rule digests of our chains
