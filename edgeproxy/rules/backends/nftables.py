@@ -4,12 +4,12 @@ When kube-proxy runs in nftables mode it owns ``table ip kube-proxy``; positions
 built-in chains decide nothing against it. Our nat base chains hook prerouting/output at
 priority ``dstnat - 10`` and so run before kube-proxy's dstnat chains; the first NAT binding of
 a flow wins. We never name kube-proxy's table. The table comment carries a digest of what we
-rendered, so a full check is one ``nft list table`` plus a comparison of digest and rule counts.
+rendered, so a full check is one ``nft list table`` compared with what we rendered.
 
 That listing costs most of a second at 10,000 services, so the periodic check avoids it (see
 `check_and_repair`): the nf_tables generation id says whether anything was written at all, and
-a digest of the kernel's raw rule messages of our table (nfnetlink.py) says whether our table
-is still the one a listing last found right.
+per-chain digests of the kernel's raw rule messages (nfnetlink.py) say whether our chains are
+still those our own write (or a listing) established as right.
 """
 
 from __future__ import annotations
