@@ -4,14 +4,16 @@ kube-proxy re-inserts its KUBE-SERVICES jump at position 1 after a flush, EdgeMe
 ``kube-proxy --cleanup`` delete the KUBE-PORTALS-* chains (shared names), and nobody moves an
 existing jump. So a greenlet re-checks every ``check_period`` seconds (default 1 s) and repairs
 order, jumps, chains and rules; every repair is logged and counted. Every period checks every
-rule, so any damage is repaired within one period plus the repair time: the backends make
-that affordable at 10,000 services (an unchanged nf_tables generation answers at once, else our
-chains are compared as text slices or raw-rule digests; bench/rules_apply.py prints the cost). Whenever capture starts or
-changes (first install, a repair, a proxy-port change, a service added or removed) the UDP
-conntrack entries of the affected destinations are deleted so existing flows (DNS) follow.
+rule, so any damage is repaired within one period plus the check-and-repair time: the
+backends make that affordable at 10,000 services (an unchanged nf_tables generation answers at
+once, else raw-rule digests, else our chains compared as text slices; bench/rules_apply.py
+prints the cost). Whenever capture starts or changes (first install, a repair, a proxy-port
+change, a service added or removed) the UDP conntrack entries of the affected destinations are
+deleted so existing flows (DNS) follow.
 
-gevent-friendly: backends shell out through gevent.subprocess when gevent is loaded, and one
-lock keeps an update and a periodic check from interleaving.
+gevent-friendly: backends run their commands through edgeproxy.spawn and their kernel reads in
+gevent's thread pool when gevent is loaded, and one lock keeps an update and a periodic check
+from interleaving.
 """
 
 from __future__ import annotations
