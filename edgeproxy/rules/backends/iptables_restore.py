@@ -189,6 +189,24 @@ class IptablesRestoreBackend:
             return False
         return True
 
+    def _rebuild(self, ruleset: RuleSet, chains: set[tuple[int, str, str]],
+                 digests: dict[tuple[int, str, str], str]) -> list[str]:
+        """nft flavour: flush and refill our ``chains`` whose raw rules changed since they
+        were known right for this very rule set. Only we write our chains, so that is damage,
+        and no iptables-nft-save (most of a second at 20,000 rules) is needed to see it."""
+        problems: list[str] = []
+        by_table: dict[tuple[int, str], set[str]] = {}
+        for family, table, chain in sorted(chains):
+            tool = f"{'iptables' if family == 4 else 'ip6tables'}-{self.flavor}"
+            what = ("missing" if digests[(family, table, chain)] == "absent"
+                    else "changed behind our back (raw-rule digest)")
+            problems.append(f"{tool} {table}: chain {chain} {what}")
+            by_table.setdefault((family, table), set()).add(chain)
+        for (family, table), names in by_table.items():
+            self.restore(family, ruleset.restore_text(family, table, jump_lines=[],
+                                                      only_chains=names))
+        return problems
+
     def _fix_jumps(self, ruleset: RuleSet, chains: set[tuple[int, str, str]]) -> list[str]:
         """Check (and fix) our jumps in the built-in ``chains`` only, with ``-S CHAIN`` (a few
         ms where a save of the 20,000-rule table takes hundreds); for when nothing else of
@@ -223,8 +241,10 @@ class IptablesRestoreBackend:
             tables and found them right (nft flavour: per chain, our chains and the built-in
             chains with our jumps, so writes elsewhere do not count; legacy: the whole
             tables, counters left out; about half of an iptables-save at 20,000 rules).
-            nft flavour: when only built-in chains changed (kube-proxy re-inserted its jump
-            at rule 1), only they are listed and our jumps fixed, not the whole table read;
+            nft flavour: the digests say which chains changed, so no table is read: our
+            chains that changed are rebuilt (only we write them), and the built-in chains
+            that changed (kube-proxy re-inserted its jump at rule 1) are listed with -S and
+            our jumps fixed;
         (3) one iptables-save per table, our chains compared as slices of its text against
             what we rendered (the save itself, plus a few ms);
         (4) only when that differs, the table is parsed, planned and repaired.
@@ -242,11 +262,13 @@ class IptablesRestoreBackend:
         self._verified = None
         if digests is not None and known is not None and known[1] is ruleset:
             changed = {key for key, value in digests.items() if known[0].get(key) != value}
-            jump_chains = {j.chain for j in ruleset.jumps("nat") + ruleset.jumps("filter")}
-            if not changed or (self.flavor == "nft"
-                               and all(key[2] in jump_chains for key in changed)):
+            if not changed or self.flavor == "nft":
                 self.checks_digested += 1
-                repairs = self._fix_jumps(ruleset, changed) if changed else []
+                jump_chains = {j.chain for j in ruleset.jumps("nat") + ruleset.jumps("filter")}
+                own = {key for key in changed if key[2] not in jump_chains}
+                # Chains first: a jump needs its chain to exist.
+                repairs = self._rebuild(ruleset, own, digests) if own else []
+                repairs += self._fix_jumps(ruleset, changed - own) if changed - own else []
                 if not repairs:
                     self._verified = (digests, ruleset)
                     if generation is not None:
