@@ -166,6 +166,8 @@ class UdpService:
         except NoEndpointsError:
             return None
         if len(self.sessions) >= self.max_sessions:
+            if not self.sessions:
+                return None  # a bound of 0 admits nobody
             self._close(self._idlest())
             self.stats.udp_evicted_total += 1
         family = _socket.AF_INET6 if ":" in ep.ip else _socket.AF_INET
