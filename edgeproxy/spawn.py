@@ -17,12 +17,22 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import socket
 import subprocess
+import time
 from typing import Sequence
 
 import gevent
 import gevent.event
+import gevent.monkey
 from gevent.socket import wait_read, wait_write
+
+# gevent (25.8+) monkey-patches os.close to close an fd only after the loop's next iteration
+# (protection for fds still registered with a watcher). For the stdin of a tool that waits for
+# EOF that means: no EOF until something else wakes the loop, and the tool and we wait on
+# each other until the timeout. Our fds have no active watcher when we close them (every
+# wait_read/wait_write has returned), so the real close is right.
+_close = gevent.monkey.get_original("os", "close")
 
 DEFAULT_TIMEOUT = 60.0
 MAX_OUTPUT = 64 << 20  # an iptables-save of 100,000 rules is ~15 MB; beyond this is a bug
@@ -61,7 +71,54 @@ def _write_all(fd: int, data: bytes, open_fds: set[int]) -> None:
         pass  # the tool exited without reading everything: its exit status tells why
     finally:
         open_fds.discard(fd)
-        os.close(fd)  # EOF: iptables-restore and nft -f only act once their input ends
+        _close(fd)  # EOF: iptables-restore and nft -f only act once their input ends
+
+
+def _wait_exit(pid: int, exited: gevent.event.Event, watcher, status: list[int],
+               timeout: float | None) -> bool:
+    """Wait for the child's exit and put its wait status in ``status``; False on timeout.
+
+    Normally libev's SIGCHLD handling reaps the child and reports it to ``watcher``. But any
+    code that sets SIGCHLD to SIG_DFL/SIG_IGN through the (patched) signal module turns that
+    handling off until the next gevent.subprocess call, and the watcher would never fire. So
+    we also watch a pidfd, readable once the process has exited, and reap it ourselves;
+    whichever comes first gives the status (without pidfd, kernels before 5.3: polling)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pidfd = -1
+    if hasattr(os, "pidfd_open"):
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # kernel before 5.3, or the child is already reaped
+            pidfd = -1
+    try:
+        delay = 0.001
+        while True:
+            if exited.is_set():
+                status.append(watcher.rstatus)
+                return True
+            try:
+                reaped, wait_status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                reaped = 0  # libev reaped it: its watcher callback runs on the next iteration
+                wait_status = 0
+            if reaped == pid:
+                status.append(wait_status)
+                return True
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            if pidfd >= 0:
+                try:
+                    wait_read(pidfd, timeout=remaining if remaining is not None else None)
+                except socket.timeout:
+                    return False
+                gevent.sleep(0)  # let a pending libev child callback run first
+            else:  # no pidfd: poll, backing off to 50 ms
+                exited.wait(delay if remaining is None else min(delay, remaining))
+                delay = min(delay * 2, 0.05)
+    finally:
+        if pidfd >= 0:
+            _close(pidfd)
 
 
 def run(argv: Sequence[str], input: str | None = None,
@@ -83,16 +140,18 @@ def run(argv: Sequence[str], input: str | None = None,
                                             (os.POSIX_SPAWN_DUP2, err_w, 2)])
     except OSError:
         for fd in parent_ends:
-            os.close(fd)
+            _close(fd)
         raise
     finally:
         for fd in (stdin_r, out_w, err_w):
-            os.close(fd)
-    # Started before anything yields to the loop: libev may reap the child on the next loop
-    # iteration, and only a watcher that exists then gets its status.
+            _close(fd)
+    # Started before anything yields to the loop: where gevent.subprocess installed libev's
+    # SIGCHLD handler, libev reaps every child on its next iteration, and only a watcher that
+    # exists then gets the exit status.
     exited = gevent.event.Event()
     watcher = hub.loop.child(pid, False)
     watcher.start(exited.set)
+    status: list[int] = []
     for fd in parent_ends:
         os.set_blocking(fd, False)
     open_fds = set(parent_ends)
@@ -102,21 +161,23 @@ def run(argv: Sequence[str], input: str | None = None,
                gevent.spawn(_write_all, stdin_w, (input or "").encode(), open_fds)]
     try:
         finished = gevent.joinall(workers, timeout=timeout, raise_error=True)
-        if len(finished) < len(workers) or not exited.wait(timeout):
+        if len(finished) < len(workers) or not _wait_exit(pid, exited, watcher, status,
+                                                          timeout):
             os.kill(pid, signal.SIGKILL)
-            exited.wait(5)
+            _wait_exit(pid, exited, watcher, status, 5.0)
             raise subprocess.TimeoutExpired(argv, timeout or 0.0,
                                             b"".join(out), b"".join(err))
     finally:
         gevent.killall(workers)
         watcher.stop()
         for fd in open_fds:
-            os.close(fd)
-        if not exited.is_set():
+            _close(fd)
+        if not status:
             try:  # never leave a zombie behind, whatever went wrong above
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
+                os.waitpid(pid, os.WNOHANG)
+            except (ProcessLookupError, ChildProcessError):
                 pass
-    returncode = os.waitstatus_to_exitcode(watcher.rstatus)
+    returncode = os.waitstatus_to_exitcode(status[0])
     return subprocess.CompletedProcess(argv, returncode, b"".join(out).decode(errors="replace"),
                                        b"".join(err).decode(errors="replace"))

@@ -74,6 +74,17 @@ jobs += [gevent.spawn(gsub.run, ["sh", "-c", f"exit {i % 5}"]) for i in range(40
 gevent.joinall(jobs, raise_error=True)
 codes = [j.value.returncode for j in jobs]
 assert codes == [i % 7 for i in range(40)] + [i % 5 for i in range(40)], codes
+# A tool that waits for the end of its input (iptables-restore, nft -f) gets it at once,
+# although gevent's patched os.close defers closes to the next loop iteration.
+import time
+start = time.monotonic()
+for _ in range(3):
+    assert run(["sh", "-c", "cat; echo done"], input="x", timeout=5).stdout == "xdone\n"
+assert time.monotonic() - start < 2
+# Someone turns SIGCHLD handling off: exits are still noticed (pidfd / polling).
+import signal
+signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+assert run(["sh", "-c", "sleep 0.2; exit 4"], timeout=5).returncode == 4
 print("ok")
 """
 
