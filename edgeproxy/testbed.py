@@ -297,13 +297,16 @@ def nat_save(node: NetNS) -> str:
 
 
 def http_get(ns: NetNS, host: str, port: int = 80, path: str = "/",
-             headers: dict[str, str] | None = None, timeout: float = 2.0) -> str:
-    """GET over a fresh connection made inside `ns`; returns the body or raises OSError."""
+             headers: dict[str, str] | None = None, timeout: float = 2.0,
+             connect_timeout: float | None = None) -> str:
+    """GET over a fresh connection made inside `ns`; returns the body or raises OSError.
+    ``connect_timeout`` (default: ``timeout``) bounds the handshake alone."""
     with ns.entered():
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     with sock:
-        sock.settimeout(timeout)
+        sock.settimeout(timeout if connect_timeout is None else connect_timeout)
         sock.connect((host, port))
+        sock.settimeout(timeout)
         lines = [f"GET {path} HTTP/1.0", f"Host: {host}"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
