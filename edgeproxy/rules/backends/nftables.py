@@ -40,12 +40,15 @@ class NftablesBackend:
         self.checks_skipped = 0  # answered by the unchanged generation alone
         self.checks_compared = 0  # rule digest read and compared
         self.checks_listed = 0  # `nft list table` needed (after a write, or something differs)
+        self.writes_total = 0  # successful nft transactions that change the ruleset
 
     def _nft(self, *args: str, input: str | None = None, check: bool = True):
         res = self.run(["nft", *args], input=input)
         if check and res.returncode != 0:
             raise BackendError(f"nft {' '.join(args)} failed ({res.returncode}): "
                                f"{res.stderr.strip()}")
+        if res.returncode == 0 and args[0] in ("-f", "delete"):
+            self.writes_total += 1
         return res
 
     def read(self, family: int) -> dict | None:
@@ -105,29 +108,35 @@ class NftablesBackend:
         return problems
 
     def apply(self, ruleset: RuleSet, previous: RuleSet | None = None) -> None:
-        # One atomic replacement of our table per family; ``previous`` is not needed.
+        """One atomic replacement of our table per family (``previous`` is not needed).
+
+        When the nf_tables generation moved by exactly our own transactions, nobody else
+        wrote in between: the tables are what we wrote, and the next periodic check is
+        answered by the generation alone; it also takes the reference digests then (see
+        check_and_repair), so neither this write nor a repair waits for a digest read."""
+        self._clean = None
+        before, writes = self.generation(), self.writes_total
         for family in (4, 6):
             if family in ruleset.families:
                 self._write(ruleset, family)
             else:
                 self._delete(family, CleanupReport())
+        self._trust_own_writes(ruleset, before, writes)
+
+    def _trust_own_writes(self, ruleset: RuleSet, before: int | None, writes: int) -> None:
+        after = self.generation()
+        if before is None or after is None:
+            return
+        if after == (before + self.writes_total - writes) & 0xFFFFFFFF:
+            self._clean = (after, ruleset)
+            # The tables are exactly our text: nothing to learn about nft's formatting.
+            self._written.clear()
 
     def _write(self, ruleset: RuleSet, family: int) -> None:
-        """Replace our table of ``family`` in one transaction. When the nf_tables generation
-        moved by exactly one (our transaction) and not again while the digest of our chains
-        was read, that digest is what "right" means: no listing is needed to establish it."""
+        """Replace our table of ``family`` in one transaction."""
         self._verified.pop(family, None)
-        before = self.generation()
         self._nft("-f", "-", input=ruleset.nft_text(family))
         self._written.add(family)
-        after = self.generation()
-        if before is None or after != (before + 1) & 0xFFFFFFFF:
-            return
-        digests = self._digests(ruleset, family)
-        if digests is not None and self.generation() == after:
-            self._verified[family] = (digests, ruleset)
-            # The table is exactly our text: nothing to learn about nft's formatting here.
-            self._written.discard(family)
 
     def generation(self) -> int | None:
         return nfnetlink.generation(self._netns) if self._netlink else None
@@ -173,10 +182,19 @@ class NftablesBackend:
         generation = self.generation()
         if (generation is not None and self._clean is not None
                 and self._clean[0] == generation and self._clean[1] is ruleset):
+            for family in ruleset.families:
+                known = self._verified.get(family)
+                if known is None or known[1] is not ruleset:
+                    # Vouched for by our own write: the unchanged generation proves these
+                    # digests are of what we wrote; a later foreign write is judged by them.
+                    digests = self._digests(ruleset, family)
+                    if digests is not None and self.generation() == generation:
+                        self._verified[family] = (digests, ruleset)
             self.checks_skipped += 1
             return []
         self._clean = None
         repairs = []
+        before, writes = generation, self.writes_total
         for family in ruleset.families:
             problems = self._verify(ruleset, family)
             if problems:
@@ -184,6 +202,10 @@ class NftablesBackend:
                 repairs += problems
         if not repairs and generation is not None:
             self._clean = (generation, ruleset)
+        elif repairs:
+            # Our repair writes vouch for the tables the same way as apply's (the digests
+            # were read before them and did not write).
+            self._trust_own_writes(ruleset, before, writes)
         return repairs
 
     def diagnose(self, ruleset: RuleSet | None) -> list[str]:
