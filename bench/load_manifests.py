@@ -150,7 +150,7 @@ def main(argv=None) -> int:
         changed = paths[len(paths) // 2]
         reloads, rescans = [], []
         for generation in range(1, args.repeat + 1):
-            text = changed.read_text().replace("198.18.", f"198.18.", 1)
+            text = changed.read_text().replace("198.18.", "198.18.", 1)
             changed.write_text(text.replace("node-1", f"node-1-g{generation}"))
             os.utime(changed, ns=(time.time_ns(), time.time_ns() + generation))
             parses = catalog.parses_total

@@ -1,7 +1,6 @@
 """The Daemon with fakes that follow the foundation/rules/forwarding interfaces."""
 
 import re
-from pathlib import Path
 
 import gevent
 import pytest

@@ -1,6 +1,5 @@
 import os
 
-import pytest
 
 from edgeproxy.daemon.security import insecure_paths
 

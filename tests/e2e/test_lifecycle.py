@@ -5,7 +5,6 @@ SIGTERM (rules gone, exit 0); SIGKILL and restart (one copy of each rule, no sta
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 

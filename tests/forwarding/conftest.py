@@ -67,6 +67,22 @@ class Backend:
 
 
 @pytest.fixture
+def server(tmp_path):
+    """server(**kw) -> a started ProxyServer on loopback with its own state dir; all are
+    stopped after the test."""
+    made = []
+
+    def make(**kw):
+        srv = make_server(tmp_path / str(len(made)), **kw)
+        made.append(srv)
+        return srv
+
+    yield make
+    for srv in made:
+        srv.stop(0)
+
+
+@pytest.fixture
 def backends():
     made = []
 

@@ -17,26 +17,11 @@ from tests.forwarding.conftest import (
     connect,
     dead_endpoint,
     key,
-    make_server,
     recv_all,
     request,
     service,
     sha,
 )
-
-
-@pytest.fixture
-def server(tmp_path):
-    made = []
-
-    def make(**kw):
-        srv = make_server(tmp_path / str(len(made)), **kw)
-        made.append(srv)
-        return srv
-
-    yield make
-    for srv in made:
-        srv.stop(0)
 
 
 def test_payload_integrity_both_ways_with_half_close(server, backends):

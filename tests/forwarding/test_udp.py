@@ -11,7 +11,7 @@ import pytest
 from gevent import socket as gsocket
 
 from edgeproxy.model import Endpoint, Protocol
-from tests.forwarding.conftest import key, make_server, service
+from tests.forwarding.conftest import key, service
 
 UDP = Protocol.UDP
 
@@ -51,20 +51,6 @@ def echoes():
     yield make
     for e in made:
         e.stop()
-
-
-@pytest.fixture
-def server(tmp_path):
-    made = []
-
-    def make(**kw):
-        srv = make_server(tmp_path / str(len(made)), **kw)
-        made.append(srv)
-        return srv
-
-    yield make
-    for srv in made:
-        srv.stop(0)
 
 
 def client(host: str = "127.0.0.1"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import pytest
 
 from edgeproxy.manifests.catalog import ManifestCatalog
 from edgeproxy.manifests.discovery import discover
