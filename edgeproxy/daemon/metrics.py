@@ -75,6 +75,12 @@ class DaemonCollector(Collector):
                                     labels=["service", "protocol"])
         udp = GaugeMetricFamily("edgeproxy_udp_sessions", "Open UDP client sessions",
                                 labels=["service", "protocol"])
+        udp_dropped = CounterMetricFamily(
+            "edgeproxy_udp_dropped", "UDP datagrams dropped (no endpoint, errors)",
+            labels=["service", "protocol"])
+        udp_evicted = CounterMetricFamily(
+            "edgeproxy_udp_evicted", "Idlest UDP sessions closed to make room at the bound",
+            labels=["service", "protocol"])
         for key in sorted(stats):
             s = stats[key]
             labels = [key.comment, key.protocol.value]
@@ -84,7 +90,10 @@ class DaemonCollector(Collector):
             bytes_.add_metric(labels + ["out"], s.bytes_out)
             dials.add_metric(labels, s.dial_failures_total)
             udp.add_metric(labels, s.udp_sessions)
-        yield from (active, conns, bytes_, dials, udp)
+            if key.protocol.value == "UDP":
+                udp_dropped.add_metric(labels, s.udp_dropped_total)
+                udp_evicted.add_metric(labels, s.udp_evicted_total)
+        yield from (active, conns, bytes_, dials, udp, udp_dropped, udp_evicted)
 
 
 def make_registry(daemon: Any) -> CollectorRegistry:

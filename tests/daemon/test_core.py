@@ -177,6 +177,17 @@ def test_metrics_from_plain_counters(daemon):
     assert 'edgeproxy_sync_duration_seconds_bucket{le="+Inf"}' in body
 
 
+def test_udp_drops_and_evictions_exported_per_udp_service(daemon):
+    dns = ServicePortKey("kube-system", "dns", "dns", Protocol.UDP)
+    daemon.proxy.stats = lambda: {dns: ServiceStats(udp_sessions=3, udp_dropped_total=5,
+                                                    udp_evicted_total=7)}
+    body = _call(metrics_app(daemon), "/metrics")[1]
+    labels = '{protocol="UDP",service="kube-system/dns:dns"}'
+    assert f"edgeproxy_udp_dropped_total{labels} 5.0" in body
+    assert f"edgeproxy_udp_evicted_total{labels} 7.0" in body
+    assert f"edgeproxy_udp_sessions{labels} 3.0" in body
+
+
 def test_shutdown_hands_traffic_back_first(daemon):
     daemon.shutdown("SIGTERM")
     assert daemon._done.wait(5)
