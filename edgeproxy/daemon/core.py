@@ -84,9 +84,11 @@ def default_factories(config: DaemonConfig) -> dict[str, Callable[[], Any]]:
         return RuleKeeper(select_backend(config.iptables_backend), check_period=config.sync_period)
 
     def render():
-        from edgeproxy.rules.render import render_rules
+        # Keeps each service port's rules between syncs: one changed Service among 10,000
+        # is one rendered (the threadpool runs one render at a time: syncs are serial).
+        from edgeproxy.rules.render import RuleRenderer
 
-        return render_rules
+        return RuleRenderer()
 
     return {"computer": computer, "proxy": proxy, "keeper": keeper, "render": render}
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 from edgeproxy.model import ListenAddresses, Protocol, ServicePort, ServicePortKey
 
@@ -278,10 +278,84 @@ def _host(ip: str) -> str:
     return f"{ip}/128" if ":" in ip else f"{ip}/32"
 
 
+@dataclass(frozen=True)
+class ServiceRules:
+    """One service port's share of the rule set (what `render_rules` concatenates)."""
+
+    rules: tuple[tuple[tuple[int, str, str], tuple[str, ...]], ...]  # ((fam, table, chain), spec)
+    captures: tuple[Capture, ...]
+    skipped: tuple[str, ...]
+    families: frozenset[int]
+
+
+def render_service(key: ServicePortKey, sp: ServicePort, proxy_port: int | None,
+                   listen: ListenAddresses) -> ServiceRules:
+    """The rules of one service port; keys without a proxy port (or SCTP) are not captured."""
+    rules: list[tuple[tuple[int, str, str], tuple[str, ...]]] = []
+    captures: list[Capture] = []
+    skipped: list[str] = []
+    families: set[int] = set()
+    if key.protocol not in (Protocol.TCP, Protocol.UDP):
+        return ServiceRules((), (), (f"{key}: protocol {key.protocol.value} is not proxied",),
+                            frozenset())
+    if proxy_port is None:
+        return ServiceRules((), (), (f"{key}: no proxy port allocated",), frozenset())
+    proto = key.protocol.value.lower()
+    comment = key.comment
+    for fam in (4, 6):
+        listen_ip = listen.ipv4 if fam == 4 else listen.ipv6
+        fam_vips = [ip for ip in sp.vips if _family(ip) == fam]
+        fam_external = [ip for ip in sp.external_ips if _family(ip) == fam]
+        has_family = bool(fam_vips or fam_external
+                          or any(_family(ip) == fam for ip in sp.cluster_ips))
+        if not has_family:
+            continue
+        if not listen_ip:
+            skipped.append(f"{key}: no IPv{fam} listen address for its IPv{fam} addresses")
+            continue
+        families.add(fam)
+        dest = f"[{listen_ip}]:{proxy_port}" if fam == 6 else f"{listen_ip}:{proxy_port}"
+        container, host = (fam, "nat", PORTALS_CONTAINER), (fam, "nat", PORTALS_HOST)
+
+        def dnat(dst: str | None, port: int, *extra: str) -> tuple[str, ...]:
+            spec: list[str] = []
+            if dst:
+                spec += ["-d", _host(dst)]
+            spec += ["-p", proto, "-m", "comment", "--comment", comment,
+                     "-m", proto, "--dport", str(port), *extra,
+                     "-j", "DNAT", "--to-destination", dest]
+            return tuple(spec)
+
+        for vip in fam_vips:  # ClusterIPs and load-balancer ingress IPs
+            rules.append((container, dnat(vip, sp.port)))
+            rules.append((host, dnat(vip, sp.port)))
+            captures.append(Capture(fam, proto, vip, sp.port, dest, key))
+        for eip in fam_external:
+            # kube-proxy userspace: from pods only when not bridged or addressed to us;
+            # from the host only when the address is local.
+            rules.append((container, dnat(eip, sp.port, "-m", "physdev", "!",
+                                          "--physdev-is-in")))
+            rules.append((container, dnat(eip, sp.port, "-m", "addrtype", "--dst-type",
+                                          "LOCAL")))
+            rules.append((host, dnat(eip, sp.port, "-m", "addrtype", "--dst-type", "LOCAL")))
+            captures.append(Capture(fam, proto, eip, sp.port, dest, key))
+        if sp.node_port:
+            rules.append(((fam, "nat", NODEPORT_CONTAINER), dnat(None, sp.node_port)))
+            rules.append(((fam, "nat", NODEPORT_HOST), dnat(None, sp.node_port)))
+            rules.append(((fam, "filter", NODEPORT_NON_LOCAL),
+                          ("-d", _host(listen_ip), "-p", proto, "-m", "comment", "--comment",
+                           comment, "-m", proto, "--dport", str(proxy_port), "-j", "ACCEPT")))
+            captures.append(Capture(fam, proto, None, sp.node_port, dest, key))
+    return ServiceRules(tuple(rules), tuple(captures), tuple(skipped), frozenset(families))
+
+
 def render_rules(ports: Mapping[ServicePortKey, ServicePort],
                  proxy_ports: Mapping[ServicePortKey, int],
-                 listen: ListenAddresses) -> RuleSet:
-    """The complete rule set; keys without a proxy port (or SCTP) are not captured."""
+                 listen: ListenAddresses,
+                 service_rules: Callable[[ServicePortKey, ServicePort, int | None],
+                                         ServiceRules] | None = None) -> RuleSet:
+    """The complete rule set: every service port's rules (`render_service`, or
+    ``service_rules`` such as a cache of it) in key order, plus the listen guard."""
     chains: dict[tuple[int, str], dict[str, list[tuple[str, ...]]]] = {}
     for fam in (4, 6):
         chains[(fam, "nat")] = {c: [] for c in OWN_CHAINS["nat"]}
@@ -290,61 +364,15 @@ def render_rules(ports: Mapping[ServicePortKey, ServicePort],
     skipped: list[str] = []
     used_families = {4}
     for key in sorted(ports):
-        sp = ports[key]
-        if key.protocol not in (Protocol.TCP, Protocol.UDP):
-            skipped.append(f"{key}: protocol {key.protocol.value} is not proxied")
-            continue
-        proxy_port = proxy_ports.get(key)
-        if proxy_port is None:
-            skipped.append(f"{key}: no proxy port allocated")
-            continue
-        proto = key.protocol.value.lower()
-        comment = key.comment
-        for fam in (4, 6):
-            listen_ip = listen.ipv4 if fam == 4 else listen.ipv6
-            fam_vips = [ip for ip in sp.vips if _family(ip) == fam]
-            fam_external = [ip for ip in sp.external_ips if _family(ip) == fam]
-            has_family = bool(fam_vips or fam_external
-                              or any(_family(ip) == fam for ip in sp.cluster_ips))
-            if not has_family:
-                continue
-            if not listen_ip:
-                skipped.append(f"{key}: no IPv{fam} listen address for its IPv{fam} addresses")
-                continue
-            used_families.add(fam)
-            dest = f"[{listen_ip}]:{proxy_port}" if fam == 6 else f"{listen_ip}:{proxy_port}"
-            nat = chains[(fam, "nat")]
-
-            def dnat(dst: str | None, port: int, *extra: str) -> tuple[str, ...]:
-                spec: list[str] = []
-                if dst:
-                    spec += ["-d", _host(dst)]
-                spec += ["-p", proto, "-m", "comment", "--comment", comment,
-                         "-m", proto, "--dport", str(port), *extra,
-                         "-j", "DNAT", "--to-destination", dest]
-                return tuple(spec)
-
-            for vip in fam_vips:  # ClusterIPs and load-balancer ingress IPs
-                nat[PORTALS_CONTAINER].append(dnat(vip, sp.port))
-                nat[PORTALS_HOST].append(dnat(vip, sp.port))
-                captures.append(Capture(fam, proto, vip, sp.port, dest, key))
-            for eip in fam_external:
-                # kube-proxy userspace: from pods only when not bridged or addressed to us;
-                # from the host only when the address is local.
-                nat[PORTALS_CONTAINER].append(
-                    dnat(eip, sp.port, "-m", "physdev", "!", "--physdev-is-in"))
-                nat[PORTALS_CONTAINER].append(
-                    dnat(eip, sp.port, "-m", "addrtype", "--dst-type", "LOCAL"))
-                nat[PORTALS_HOST].append(
-                    dnat(eip, sp.port, "-m", "addrtype", "--dst-type", "LOCAL"))
-                captures.append(Capture(fam, proto, eip, sp.port, dest, key))
-            if sp.node_port:
-                nat[NODEPORT_CONTAINER].append(dnat(None, sp.node_port))
-                nat[NODEPORT_HOST].append(dnat(None, sp.node_port))
-                chains[(fam, "filter")][NODEPORT_NON_LOCAL].append(
-                    ("-d", _host(listen_ip), "-p", proto, "-m", "comment", "--comment", comment,
-                     "-m", proto, "--dport", str(proxy_port), "-j", "ACCEPT"))
-                captures.append(Capture(fam, proto, None, sp.node_port, dest, key))
+        if service_rules is None:
+            part = render_service(key, ports[key], proxy_ports.get(key), listen)
+        else:
+            part = service_rules(key, ports[key], proxy_ports.get(key))
+        for (fam, table, chain), spec in part.rules:
+            chains[(fam, table)][chain].append(spec)
+        captures += part.captures
+        skipped += part.skipped
+        used_families |= part.families
     families = tuple(sorted(used_families))
     for fam in families:
         listen_ip = listen.ipv4 if fam == 4 else listen.ipv6
@@ -358,3 +386,37 @@ def render_rules(ports: Mapping[ServicePortKey, ServicePort],
     }
     return RuleSet(listen=listen, families=families, chains=frozen,
                    captures=tuple(captures), skipped=tuple(skipped))
+
+
+class RuleRenderer:
+    """`render_rules` that keeps each service port's rules while its ServicePort and proxy
+    port stay the same: a reload that changes one Service among 10,000 renders one (the rest
+    is a comparison and a concatenation; 0.15 s -> a few tens of ms). Entries of service
+    ports no longer rendered are dropped, so the cache never outgrows the desired state."""
+
+    def __init__(self) -> None:
+        self._listen: ListenAddresses | None = None
+        self._cache: dict[ServicePortKey, tuple[ServicePort, int | None, ServiceRules]] = {}
+        self.rendered_last = 0  # service ports actually rendered by the last call
+
+    def __call__(self, ports: Mapping[ServicePortKey, ServicePort],
+                 proxy_ports: Mapping[ServicePortKey, int],
+                 listen: ListenAddresses) -> RuleSet:
+        if listen != self._listen:
+            self._cache.clear()
+            self._listen = listen
+        old, self._cache = self._cache, {}
+        self.rendered_last = 0
+
+        def service_rules(key: ServicePortKey, sp: ServicePort,
+                          proxy_port: int | None) -> ServiceRules:
+            hit = old.get(key)
+            if hit is not None and hit[1] == proxy_port and (hit[0] is sp or hit[0] == sp):
+                part = hit[2]
+            else:
+                part = render_service(key, sp, proxy_port, listen)
+                self.rendered_last += 1
+            self._cache[key] = (sp, proxy_port, part)
+            return part
+
+        return render_rules(ports, proxy_ports, listen, service_rules)

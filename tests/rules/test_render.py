@@ -258,3 +258,31 @@ def test_real_world_corpus_every_proxied_port_is_captured_and_nothing_else(corpu
         assert trace(tables[4], Packet(vip, 1, proto)).verdict is None
     assert len(vips) >= 10  # the corpus really exercised the renderer (most Services there
     # carry no clusterIP and are skipped by the state builder, see EXPECTED.tsv)
+
+
+def test_caching_renderer_equals_a_full_render_and_renders_only_what_changed():
+    from dataclasses import replace
+
+    from edgeproxy.rules.render import RuleRenderer
+
+    renderer = RuleRenderer()
+    ports = states.full_ports()
+    proxy = states.proxy_ports_for(ports)
+    assert renderer(ports, proxy, states.LISTEN) == render_rules(ports, proxy, states.LISTEN)
+    assert renderer.rendered_last == len(ports)
+    # One service changed (a new VIP), one removed, the rest untouched.
+    changed = dict(ports)
+    changed[states.WEB] = replace(ports[states.WEB], cluster_ips=("198.19.0.11",))
+    del changed[states.ECHO]
+    proxy2 = {k: v for k, v in proxy.items() if k in changed}
+    assert renderer(changed, proxy2, states.LISTEN) == render_rules(changed, proxy2,
+                                                                    states.LISTEN)
+    assert renderer.rendered_last == 1
+    # A new proxy port is a change too; so is another listen address (everything again).
+    proxy2[states.GW] = 62999
+    assert renderer(changed, proxy2, states.LISTEN) == render_rules(changed, proxy2,
+                                                                    states.LISTEN)
+    assert renderer.rendered_last == 1
+    other = ListenAddresses(ipv4="169.254.96.18")
+    assert renderer(changed, proxy2, other) == render_rules(changed, proxy2, other)
+    assert renderer.rendered_last == len(changed)
