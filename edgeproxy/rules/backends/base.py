@@ -101,6 +101,15 @@ class CleanupReport:
         self.errors += other.errors
 
 
+def only_our_writes(before: int | None, after: int | None, writes: int) -> bool:
+    """True when the nf_tables generation went from ``before`` to ``after`` by exactly our
+    ``writes`` transactions (each bumps it by one; it is a 32-bit counter): nobody else
+    wrote in between, so the kernel holds exactly what we wrote."""
+    if before is None or after is None:
+        return False
+    return after == (before + writes) & 0xFFFFFFFF
+
+
 class Backend(Protocol):
     name: str
 

@@ -23,7 +23,8 @@ from ..render import (ALL_OWN_CHAINS, JUMPS, KUBE_SERVICES, OWN_CHAINS, TABLES, 
                       format_rule)
 from .. import nfnetlink, xtables
 from ..incremental import incremental_restore_text
-from .base import BackendError, CleanupReport, LocalRunner, Runner, netlink_target, off_hub
+from .base import (BackendError, CleanupReport, LocalRunner, Runner, netlink_target, off_hub,
+                   only_our_writes)
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ class IptablesRestoreBackend:
         self._write(ruleset, previous)
         if before is not None and ruleset.families:
             after = self.generation()
-            if after is not None and after == before + (self.restores_total - writes):
+            if only_our_writes(before, after, self.restores_total - writes):
                 self._clean = (after, ruleset)
 
     def _write(self, ruleset: RuleSet, previous: RuleSet | None) -> None:

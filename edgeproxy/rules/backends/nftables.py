@@ -18,7 +18,8 @@ import logging
 
 from ..render import NFT_TABLE, RuleSet, parse_nft_chains
 from .. import nfnetlink
-from .base import BackendError, CleanupReport, LocalRunner, Runner, netlink_target, off_hub
+from .base import (BackendError, CleanupReport, LocalRunner, Runner, netlink_target,
+                   off_hub, only_our_writes)
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +126,7 @@ class NftablesBackend:
 
     def _trust_own_writes(self, ruleset: RuleSet, before: int | None, writes: int) -> None:
         after = self.generation()
-        if before is None or after is None:
-            return
-        if after == (before + self.writes_total - writes) & 0xFFFFFFFF:
+        if only_our_writes(before, after, self.writes_total - writes):
             self._clean = (after, ruleset)
             # The tables are exactly our text: nothing to learn about nft's formatting.
             self._written.clear()
