@@ -123,22 +123,14 @@ class IptablesRestoreBackend:
                            == Rule(chain, specs[i]).key()
                            for i in range(len(raw)) if raw[i] != expected[i]):
                         continue
-                extra = Counter(raw) - Counter(expected)
-                lost = Counter(expected) - Counter(raw)
                 broken.add(chain)
-                problems.append(f"{where}: chain {chain} has {len(raw)} rules, "
-                                f"{sum(extra.values())} unexpected, {sum(lost.values())} "
-                                f"missing (expected {len(expected)})")
+                problems.append(_chain_mismatch(where, chain, raw, expected))
                 continue
             have = [r.key() for r in live.rules(chain)]
             want = [Rule(chain, spec).key() for spec in specs]
             if have != want:
-                extra = Counter(have) - Counter(want)
-                lost = Counter(want) - Counter(have)
                 broken.add(chain)
-                problems.append(f"{where}: chain {chain} has {len(have)} rules, "
-                                f"{sum(extra.values())} unexpected, {sum(lost.values())} "
-                                f"missing (expected {len(want)})")
+                problems.append(_chain_mismatch(where, chain, have, want))
         jump_lines: list[str] = []
         for chain in dict.fromkeys(j.chain for j in ruleset.jumps(table)):
             lines, why = jump_edits(live, chain, [j.tokens for j in ruleset.jumps(table)
@@ -390,6 +382,14 @@ class IptablesRestoreBackend:
         for family in (4, 6):
             self._remove_family(family, report)
         return report
+
+
+def _chain_mismatch(where: str, chain: str, have: list, want: list) -> str:
+    """One problem line for a chain of ours whose rules differ from the rendered ones."""
+    extra = Counter(have) - Counter(want)
+    lost = Counter(want) - Counter(have)
+    return (f"{where}: chain {chain} has {len(have)} rules, {sum(extra.values())} unexpected, "
+            f"{sum(lost.values())} missing (expected {len(want)})")
 
 
 def jump_edits(live: Table | None, chain: str,
