@@ -173,27 +173,9 @@ class Half:
             # which from then on goes through a pipe with splice (copying a fast stream in
             # small reads would cost a core).
             if not self.bulk:
-                try:
-                    n = self.src.recv_into(_small_buffer)
-                except BlockingIOError:
-                    return
-                self.conn.last_active = _monotonic()
-                if n == 0:
-                    self.eof = True
-                    self.rw.stop()
-                    self._finish()
-                    return
-                try:
-                    sent = self.dst.send(_small_view[:n])
-                except BlockingIOError:
-                    sent = 0
-                self.count(sent)
-                if sent < n:
-                    self.pending = bytes(_small_view[sent:n])
-                    self._wait_writable()
-                    return
+                n = self._copy_once(_small_buffer, _small_view)
                 if n < BULK_HINT:
-                    return
+                    return  # a small message (or nothing, EOF, a full dst: all handled)
                 # A stream: splice from now on. Sticky on purpose: flipping back on every short
                 # read would send 16 KiB pieces with TCP_NODELAY in the middle of a stream.
                 self.bulk = True
@@ -273,29 +255,37 @@ class Half:
 
     # -- copy fallback -------------------------------------------------------------------------
 
+    def _copy_once(self, buffer: bytearray, view: memoryview) -> int:
+        """One recv into ``buffer`` and one send of it. Returns the bytes relayed, or -1 when
+        the relay must stop for now: nothing to read, EOF (dst half-closed), or dst full
+        (the rest kept in ``pending`` and the writer armed)."""
+        try:
+            n = self.src.recv_into(buffer)
+        except BlockingIOError:
+            return -1
+        self.conn.last_active = _monotonic()
+        if n == 0:
+            self.eof = True
+            self.rw.stop()
+            self._finish()
+            return -1
+        try:
+            sent = self.dst.send(view[:n])
+        except BlockingIOError:
+            sent = 0
+        self.count(sent)
+        if sent < n:
+            self.pending = bytes(view[sent:n])
+            self._wait_writable()
+            return -1
+        return n
+
     def _copy_rounds(self) -> None:
         self.conn.last_active = _monotonic()
         for _ in range(RELAY_ROUNDS):
-            try:
-                n = self.src.recv_into(_fallback_buffer)
-            except BlockingIOError:
-                return
-            if n == 0:
-                self.eof = True
-                self.rw.stop()
-                self._finish()
-                return
-            try:
-                sent = self.dst.send(_fallback_view[:n])
-            except BlockingIOError:
-                sent = 0
-            self.count(sent)
-            if sent < n:
-                self.pending = bytes(_fallback_view[sent:n])
-                self._wait_writable()
-                return
+            n = self._copy_once(_fallback_buffer, _fallback_view)
             if n < FALLBACK_CHUNK:
-                return  # the socket queue is (very likely) empty: skip an EAGAIN round
+                return  # stopped, or the socket queue is (very likely) empty: skip EAGAIN
 
     def _wait_writable(self) -> None:
         self.rw.stop()
