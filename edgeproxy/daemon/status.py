@@ -68,7 +68,7 @@ def build_status(daemon: Any) -> dict[str, Any]:
                  "errorsTotal": daemon.counters.sync_errors_total,
                  "lastDurationSeconds": round(daemon.counters.last_sync_seconds, 6),
                  # Where the last sync's time went (compute, listen, render, rules, routes).
-                 "lastPhaseSeconds": dict(getattr(daemon, "last_phases", {}) or {}),
+                 "lastPhaseSeconds": dict(daemon.last_phases),
                  "lastApplied": daemon.last_applied_wall},
         "currentTime": time.time(),
         "config": daemon.config.to_dict(),

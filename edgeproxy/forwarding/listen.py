@@ -169,23 +169,18 @@ class RouteKeeper:
             self._last_recheck = now
             self._recheck()
         self.routable &= wanted
-        commands: list[list[str]] = []
         stale = sorted(self.added - wanted)
-        commands += [["route", "del", _host_prefix(v), "dev", self.listen.interface]
-                     for v in stale]
         self.added -= set(stale)
         unknown = sorted(wanted - self.added - self.routable)
-        if not unknown:
-            if commands:
-                self.run_batch(commands)
-            return set(self.added)
-        commands += [["route", "get", vip] for vip in unknown]
-        outcome = self.run_batch(commands)[len(stale):]
+        # Removals and lookups share one batch; the adds need the lookups' answers.
+        commands = [["route", "del", _host_prefix(v), "dev", self.listen.interface]
+                    for v in stale] + [["route", "get", vip] for vip in unknown]
+        outcome = self.run_batch(commands)[len(stale):] if commands else []
         unroutable = [vip for vip, error in zip(unknown, outcome) if error is not None]
         self.routable |= {vip for vip, error in zip(unknown, outcome) if error is None}
         adds = [["route", "add", _host_prefix(v), "dev", self.listen.interface]
                 for v in unroutable]
-        for vip, error in zip(unroutable, self.run_batch(adds)):
+        for vip, error in zip(unroutable, self.run_batch(adds) if adds else []):
             if error is None:
                 self.added.add(vip)
             else:
