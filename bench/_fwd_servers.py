@@ -64,6 +64,24 @@ def _listener(addr: str, port: int, reuseport: bool = False) -> socket.socket:
     return lsock
 
 
+def _accept_all(lsock: socket.socket, ep: "select.epoll", conns: dict[int, socket.socket],
+                nodelay: bool = False) -> list[int]:
+    """Accept every pending connection, non-blocking and registered for reading; returns
+    their fds. On EMFILE the rest stay in the backlog for the next event."""
+    accepted = []
+    while True:
+        try:
+            conn, _ = lsock.accept()
+        except OSError:  # EAGAIN/EINTR: done for now; EMFILE: retry on the next event
+            return accepted
+        conn.setblocking(False)
+        if nodelay:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conns[conn.fileno()] = conn
+        ep.register(conn.fileno(), select.EPOLLIN)
+        accepted.append(conn.fileno())
+
+
 def sink(addr: str, port: int) -> None:
     """Accept everything, echo what arrives (the idle client's one-byte handshake), keep the
     connection until the peer closes."""
@@ -76,16 +94,7 @@ def sink(addr: str, port: int) -> None:
     while True:
         for fd, _ in ep.poll():
             if fd == lsock.fileno():
-                while True:
-                    try:
-                        conn, _ = lsock.accept()
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except OSError:  # EMFILE: leave it in the backlog, retry on next event
-                        break
-                    conn.setblocking(False)
-                    conns[conn.fileno()] = conn
-                    ep.register(conn.fileno(), select.EPOLLIN)
+                _accept_all(lsock, ep, conns)
                 continue
             conn = conns[fd]
             try:
@@ -114,18 +123,8 @@ def _http_worker(lsock: socket.socket) -> None:
     while True:
         for fd, _ in ep.poll():
             if fd == lfd:
-                while True:
-                    try:
-                        conn, _ = lsock.accept()
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except OSError:
-                        break
-                    conn.setblocking(False)
-                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    conns[conn.fileno()] = conn
-                    bufs[conn.fileno()] = b""
-                    ep.register(conn.fileno(), select.EPOLLIN)
+                for new in _accept_all(lsock, ep, conns, nodelay=True):
+                    bufs[new] = b""
                 continue
             conn = conns[fd]
             try:
