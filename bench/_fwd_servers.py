@@ -23,6 +23,7 @@ import resource
 import select
 import socket
 import sys
+from typing import Callable
 
 HTTP_RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
                  b"\r\nok\n")
@@ -82,78 +83,73 @@ def _accept_all(lsock: socket.socket, ep: "select.epoll", conns: dict[int, socke
         accepted.append(conn.fileno())
 
 
+def _serve(lsock: socket.socket, handle: Callable[[socket.socket, bytes], bool],
+           nodelay: bool = False, on_close: Callable[[int], object] | None = None) -> None:
+    """The epoll loop of both TCP servers: accept everything, hand each read to
+    ``handle(conn, data)`` and close the connection when it returns False, the peer closed or
+    a socket error happened (then ``on_close(fd)``)."""
+    ep = select.epoll()
+    ep.register(lsock.fileno(), select.EPOLLIN)
+    conns: dict[int, socket.socket] = {}
+    lfd = lsock.fileno()
+    while True:
+        for fd, _ in ep.poll():
+            if fd == lfd:
+                _accept_all(lsock, ep, conns, nodelay)
+                continue
+            conn = conns[fd]
+            try:
+                data = conn.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data or not handle(conn, data):
+                ep.unregister(fd)
+                del conns[fd]
+                conn.close()
+                if on_close is not None:
+                    on_close(fd)
+
+
+def _echo(conn: socket.socket, data: bytes) -> bool:
+    try:
+        conn.send(data)
+    except OSError:
+        return False
+    return True
+
+
 def sink(addr: str, port: int) -> None:
     """Accept everything, echo what arrives (the idle client's one-byte handshake), keep the
     connection until the peer closes."""
     raise_nofile()
     lsock = _listener(addr, port)
-    ep = select.epoll()
-    ep.register(lsock.fileno(), select.EPOLLIN)
-    conns: dict[int, socket.socket] = {}
     ready()
-    while True:
-        for fd, _ in ep.poll():
-            if fd == lsock.fileno():
-                _accept_all(lsock, ep, conns)
-                continue
-            conn = conns[fd]
-            try:
-                data = conn.recv(65536)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if data:
-                try:
-                    conn.send(data)
-                except OSError:
-                    data = b""
-            if not data:
-                ep.unregister(fd)
-                del conns[fd]
-                conn.close()
+    _serve(lsock, _echo)
 
 
 def _http_worker(lsock: socket.socket) -> None:
-    ep = select.epoll()
-    ep.register(lsock.fileno(), select.EPOLLIN)
-    conns: dict[int, socket.socket] = {}
     bufs: dict[int, bytes] = {}
-    lfd = lsock.fileno()
-    while True:
-        for fd, _ in ep.poll():
-            if fd == lfd:
-                for new in _accept_all(lsock, ep, conns, nodelay=True):
-                    bufs[new] = b""
-                continue
-            conn = conns[fd]
-            try:
-                data = conn.recv(65536)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            close = not data
-            if data:
-                buf = bufs[fd] + data
-                # Answer every complete request head (pipelining included).
-                while True:
-                    end = buf.find(b"\r\n\r\n")
-                    if end < 0:
-                        break
-                    head, buf = buf[:end].lower(), buf[end + 4:]
-                    if b"connection: close" in head:
-                        conn.send(HTTP_CLOSE_RESPONSE)
-                        close = True
-                        break
-                    conn.send(HTTP_RESPONSE)
-                if len(buf) > MAX_REQUEST_BYTES:
-                    close = True
-                bufs[fd] = buf
-            if close:
-                ep.unregister(fd)
-                del conns[fd], bufs[fd]
-                conn.close()
+
+    def answer(conn: socket.socket, data: bytes) -> bool:
+        buf = bufs.get(conn.fileno(), b"") + data
+        # Answer every complete request head (pipelining included).
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            head, buf = buf[:end].lower(), buf[end + 4:]
+            if b"connection: close" in head:
+                conn.send(HTTP_CLOSE_RESPONSE)
+                return False
+            conn.send(HTTP_RESPONSE)
+        if len(buf) > MAX_REQUEST_BYTES:
+            return False
+        bufs[conn.fileno()] = buf
+        return True
+
+    _serve(lsock, answer, nodelay=True, on_close=lambda fd: bufs.pop(fd, None))
 
 
 def http(addr: str, port: int, workers: int) -> None:
