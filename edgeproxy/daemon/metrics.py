@@ -64,6 +64,11 @@ class DaemonCollector(Collector):
                                   value=getattr(keeper, "repairs_total", 0))
         yield CounterMetricFamily("edgeproxy_rule_apply_errors", "Failed rule applies/checks",
                                   value=getattr(keeper, "apply_errors_total", 0))
+        yield CounterMetricFamily("edgeproxy_rule_checks", "Periodic checks of every rule",
+                                  value=getattr(keeper, "checks_total", 0))
+        yield CounterMetricFamily("edgeproxy_rule_check_seconds",
+                                  "Time spent in periodic rule checks and their repairs",
+                                  value=getattr(keeper, "check_seconds_total", 0.0))
         stats = d.proxy.stats() if d.proxy is not None else {}
         active = GaugeMetricFamily("edgeproxy_active_connections", "Open TCP connections",
                                    labels=["service", "protocol"])

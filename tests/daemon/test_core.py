@@ -63,6 +63,8 @@ class FakeKeeper:
     def __init__(self, log):
         self.log = log
         self.repairs_total = 1
+        self.checks_total = 12
+        self.check_seconds_total = 0.5
         self.last_repair_descriptions = ["jump moved"]
         self.apply_errors_total = 0
 
@@ -174,6 +176,8 @@ def test_metrics_from_plain_counters(daemon):
     assert 'edgeproxy_services_skipped{reason="label"} 1.0' in body
     assert 'edgeproxy_active_connections{protocol="TCP",service="default/a"} 2.0' in body
     assert "edgeproxy_chain_repairs_total 1.0" in body
+    assert "edgeproxy_rule_checks_total 12.0" in body
+    assert "edgeproxy_rule_check_seconds_total 0.5" in body
     assert 'edgeproxy_sync_duration_seconds_bucket{le="+Inf"}' in body
 
 
