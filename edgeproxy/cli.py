@@ -12,7 +12,18 @@ import pkgutil
 import sys
 from typing import Sequence
 
-from edgeproxy import __version__, commands
+from edgeproxy import commands
+
+
+class _VersionAction(argparse.Action):
+    """argparse's "version" action, but the commit is looked up only when asked for (an
+    editable checkout runs git for it)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from edgeproxy.buildinfo import version_line
+
+        print(version_line())
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edgeproxy",
         description="Static service proxy for offline Kubernetes edge nodes.",
     )
-    parser.add_argument("--version", action="version", version=f"edgeproxy {__version__}")
+    parser.add_argument("--version", action=_VersionAction, nargs=0,
+                        help="show the version and the commit it was built from, and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for module_info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):

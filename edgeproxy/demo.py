@@ -1,7 +1,7 @@
 """`edgeproxy demo`: the main job shown end to end on a throw-away edge node in namespaces.
 
 Builds the testbed (pod, node and backend namespaces, see `edgeproxy.testbed`), installs a
-stand-in kube-proxy, runs the real `edgeproxy run` on a copy of config/examples and walks
+stand-in kube-proxy, runs the real `edgeproxy run` on a copy of the shipped example manifests and walks
 through what a user cares about, printing plain words plus the real `iptables -t nat -nvL`,
 curl and dig output:
 
@@ -75,8 +75,10 @@ class DemoFailure(Exception):
 
 
 def default_manifests() -> Path:
-    """config/examples of the source tree the package runs from (installed editable)."""
-    return Path(__file__).resolve().parent.parent / "config" / "examples"
+    """The example manifests shipped in the package (config/examples of the repository)."""
+    from edgeproxy.resources import example_manifests
+
+    return Path(str(example_manifests()))  # installed wheels are unpacked: a real directory
 
 
 @dataclass

@@ -17,7 +17,8 @@ def register(subparsers) -> None:
                     "repair. Removes everything again (also on Ctrl-C). Needs root.")
     parser.add_argument("--manifests", metavar="DIR", default=None,
                         help="manifest directory to copy and serve "
-                             "(default: config/examples of this source tree)")
+                             "(default: the example manifests shipped with edgeproxy, "
+                             "config/examples in the repository)")
     parser.add_argument("--keep", action="store_true",
                         help="leave the namespaces and the daemon running after the walkthrough "
                              "until Ctrl-C, to try things by hand")

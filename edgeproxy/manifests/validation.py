@@ -1,7 +1,8 @@
 """Validation of manifest documents: JSON Schemas from ``schemas/`` plus the checks a schema
 cannot express, turning each valid document into a ``KubeObject``.
 
-Owns: locating the schemas (``EDGEPROXY_SCHEMAS_DIR`` overrides the repository's ``schemas/``),
+Owns: locating the schemas (``EDGEPROXY_SCHEMAS_DIR`` overrides the ones shipped in the package,
+`edgeproxy.resources`),
 the kind/apiVersion table, schema validation, semantic checks (those of the API server that
 matter to a proxy) and the wording of every error.
 
@@ -36,11 +37,14 @@ KNOWN_KINDS: dict[str, tuple[tuple[str, ...], str]] = {
 
 
 def schemas_dir() -> Path:
-    """The directory holding the JSON Schemas (env override, else the repository's schemas/)."""
+    """The directory holding the JSON Schemas (env override, else the package's own copy)."""
     override = os.environ.get(SCHEMAS_ENV)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "schemas"
+    from edgeproxy.resources import schemas
+
+    # A wheel is always installed unpacked, so the shipped directory is a real one.
+    return Path(str(schemas()))
 
 
 def _is_ipv4(value: object) -> bool:
