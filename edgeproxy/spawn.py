@@ -121,23 +121,37 @@ def _wait_exit(pid: int, exited: gevent.event.Event, watcher, status: list[int],
             _close(pidfd)
 
 
+def _spawn(argv: list[str], stdin: int, stdout: int, stderr: int) -> int:
+    """posix_spawn ``argv`` with the given fds as its 0, 1 and 2; returns the pid."""
+    return os.posix_spawnp(argv[0], argv, os.environ, setsigdef=_DEFAULT_SIGNALS,
+                           file_actions=[(os.POSIX_SPAWN_DUP2, stdin, 0),
+                                         (os.POSIX_SPAWN_DUP2, stdout, 1),
+                                         (os.POSIX_SPAWN_DUP2, stderr, 2)])
+
+
+def _watch_exit(pid: int) -> tuple[gevent.event.Event, object]:
+    # Started before anything yields to the loop: where gevent.subprocess installed libev's
+    # SIGCHLD handler, libev reaps every child on its next iteration, and only a watcher that
+    # exists then gets the exit status.
+    exited = gevent.event.Event()
+    watcher = gevent.get_hub().loop.child(pid, False)
+    watcher.start(exited.set)
+    return exited, watcher
+
+
 def run(argv: Sequence[str], input: str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT) -> "subprocess.CompletedProcess[str]":
     """Like ``subprocess.run(argv, input=input, capture_output=True, text=True,
     timeout=timeout)``; raises FileNotFoundError for a missing program and
     subprocess.TimeoutExpired (after killing it) when it overruns."""
     argv = list(argv)
-    hub = gevent.get_hub()
-    hub.loop.install_sigchld()  # libev reaps children and reports them to child watchers
+    gevent.get_hub().loop.install_sigchld()  # libev reaps children, reports to watchers
     stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     parent_ends = [stdin_w, out_r, err_r]
     try:
-        pid = os.posix_spawnp(argv[0], argv, os.environ, setsigdef=_DEFAULT_SIGNALS,
-                              file_actions=[(os.POSIX_SPAWN_DUP2, stdin_r, 0),
-                                            (os.POSIX_SPAWN_DUP2, out_w, 1),
-                                            (os.POSIX_SPAWN_DUP2, err_w, 2)])
+        pid = _spawn(argv, stdin_r, out_w, err_w)
     except OSError:
         for fd in parent_ends:
             _close(fd)
@@ -145,12 +159,7 @@ def run(argv: Sequence[str], input: str | None = None,
     finally:
         for fd in (stdin_r, out_w, err_w):
             _close(fd)
-    # Started before anything yields to the loop: where gevent.subprocess installed libev's
-    # SIGCHLD handler, libev reaps every child on its next iteration, and only a watcher that
-    # exists then gets the exit status.
-    exited = gevent.event.Event()
-    watcher = hub.loop.child(pid, False)
-    watcher.start(exited.set)
+    exited, watcher = _watch_exit(pid)
     status: list[int] = []
     for fd in parent_ends:
         os.set_blocking(fd, False)
@@ -181,3 +190,94 @@ def run(argv: Sequence[str], input: str | None = None,
     returncode = os.waitstatus_to_exitcode(status[0])
     return subprocess.CompletedProcess(argv, returncode, b"".join(out).decode(errors="replace"),
                                        b"".join(err).decode(errors="replace"))
+
+
+class Child:
+    """A long-running program: a pipe to its stdin, one from its stdout and stderr together.
+
+    For helpers that live as long as the daemon (the directory watcher): the hub reads their
+    output line by line like any socket and sees their exit through the same child watcher
+    and pidfd as `run`."""
+
+    def __init__(self, argv: Sequence[str], max_line: int = 1 << 20) -> None:
+        self.argv = list(argv)
+        self.max_line = max_line
+        gevent.get_hub().loop.install_sigchld()
+        stdin_r, self._stdin = os.pipe2(os.O_CLOEXEC)
+        self._out, out_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            self.pid = _spawn(self.argv, stdin_r, out_w, out_w)
+        except OSError:
+            _close(self._stdin)
+            _close(self._out)
+            raise
+        finally:
+            _close(stdin_r)
+            _close(out_w)
+        self._exited, self._watcher = _watch_exit(self.pid)
+        self._status: list[int] = []
+        os.set_blocking(self._stdin, False)
+        os.set_blocking(self._out, False)
+        self._buffer = b""
+
+    def readline(self) -> bytes | None:
+        """The next line of output (without its newline); None at end of output. A line
+        longer than ``max_line`` is cut there (the rest comes as the next line)."""
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0 or len(self._buffer) >= self.max_line:
+                cut = end if end >= 0 else self.max_line
+                line, self._buffer = self._buffer[:cut], self._buffer[cut + 1 if end >= 0 else cut:]
+                return line
+            if self._out < 0:
+                return None
+            try:
+                data = os.read(self._out, 1 << 16)
+            except BlockingIOError:
+                wait_read(self._out)
+                continue
+            if not data:
+                _close(self._out)
+                self._out = -1
+                if self._buffer:
+                    line, self._buffer = self._buffer, b""
+                    return line
+                return None
+            self._buffer += data
+
+    def send(self, data: bytes) -> bool:
+        """Write without waiting; False when the pipe is full or the child is gone."""
+        if self._stdin < 0:
+            return False
+        try:
+            return os.write(self._stdin, data) == len(data)
+        except (BlockingIOError, BrokenPipeError):
+            return False
+
+    def close_stdin(self) -> None:
+        if self._stdin >= 0:
+            _close(self._stdin)
+            self._stdin = -1
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit code (negative: killed by that signal); None if still running."""
+        if not self._status and not _wait_exit(self.pid, self._exited, self._watcher,
+                                               self._status, timeout):
+            return None
+        return os.waitstatus_to_exitcode(self._status[0])
+
+    def stop(self, grace: float = 2.0) -> int | None:
+        """Close its stdin (our helpers exit on end of input), SIGKILL after ``grace``."""
+        self.close_stdin()
+        code = self.wait(grace)
+        if code is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            code = self.wait(5.0)
+        self._watcher.stop()
+        if self._out >= 0:
+            _close(self._out)
+            self._out = -1
+        return code

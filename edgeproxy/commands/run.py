@@ -17,10 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # gevent first: everything imported after this (sockets, subprocess, threading, watchdog)
-    # must be the cooperative version. queue stays the stdlib one (built on the patched
-    # threading primitives, so still cooperative): watchdog subclasses queue.Queue in a way
-    # gevent's queue class breaks.
+    # gevent first: everything imported after this (sockets, subprocess, threading) must be
+    # the cooperative version. queue stays the stdlib one (built on the patched threading
+    # primitives, so still cooperative). watchdog is not imported in this process at all: its
+    # observer runs in a child without gevent (edgeproxy/daemon/watch_process.py).
     from gevent import monkey
 
     monkey.patch_all(queue=False)

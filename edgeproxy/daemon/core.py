@@ -37,6 +37,7 @@ from edgeproxy.model import DesiredState, FilterMode, ListenAddresses
 log = logging.getLogger("edgeproxy.daemon")
 
 # Sync duration histogram buckets (seconds): from one changed file to a 10,000-service reload.
+WATCHER_START_WAIT = 5.0  # seconds; the watcher process is normally ready in ~0.2 s
 SYNC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -309,6 +310,10 @@ class Daemon:
         self.render = self.factories["render"]()
         self.start_http()
         self.proxy.start()
+        if self.watch:
+            # Watching before the first read: a change made while the initial sync runs is
+            # then an event, not lost until the periodic rescan.
+            self.start_watcher()
         self.runner = BoundedFrequencyRunner(self.sync, c.min_sync_period, c.rescan_period,
                                              debounce=c.watch_debounce)
         try:
@@ -318,15 +323,6 @@ class Daemon:
                       error=f"{type(exc).__name__}: {exc}")
             self.request_sync(None)
         self.keeper.start()
-        if self.watch:
-            from edgeproxy.daemon.watcher import DirectoryWatcher
-
-            self.watcher = DirectoryWatcher(c.manifests, self.request_sync)
-            try:
-                self.watcher.start()
-            except Exception as exc:  # noqa: BLE001 - the periodic rescan still covers us
-                log_event(log, logging.WARNING, "cannot watch the manifest directory; relying "
-                          "on the periodic rescan", error=str(exc))
         self.runner.start()
         self.ready = True
         sdnotify.notify("READY=1\nSTATUS=serving", self.environ)
@@ -335,6 +331,15 @@ class Daemon:
             gevent.spawn(self._watchdog_loop, interval)
         log_event(log, logging.INFO, "ready", ports=len(self.applied.ports),
                   errors=len(self.applied.errors), healthz="%s:%d" % c.healthz_bind_address)
+
+    def start_watcher(self) -> None:
+        from edgeproxy.daemon.watcher import DirectoryWatcher
+
+        self.watcher = DirectoryWatcher(self.config.manifests, self.request_sync)
+        if not self.watcher.start(wait=WATCHER_START_WAIT):
+            log_event(log, logging.WARNING, "manifest watcher not ready; starting anyway, the "
+                      "periodic rescan covers changes until it is",
+                      waited_s=WATCHER_START_WAIT)
 
     def _watchdog_loop(self, interval: float) -> None:
         # Pinged from the hub itself: a hub stuck in a blocking call stops pinging and

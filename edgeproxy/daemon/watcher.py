@@ -1,173 +1,147 @@
-"""Watch the manifest directory with watchdog and hand changes to the gevent hub.
+"""Watch the manifest directory and hand changes to the gevent hub.
 
-watchdog reads inotify in its own thread (an OS thread, or a greenlet once threading is
-monkey-patched). Either way the handler only appends to a deque and wakes the hub through a
-gevent async watcher (``loop.async_().send()`` is the one thread-safe call into a gevent loop);
-the hub drains the deque and calls ``on_change(paths)``. ``paths is None`` means "rescan
-everything": the root itself moved, a hidden entry changed (a ConfigMap volume's ``..data``
-swap changes what every visible symlink points to), or events overflowed.
+The watchdog observer runs in a child process without gevent
+(`edgeproxy.daemon.watch_process`, which says why); this module is the daemon's side of it.
+A greenlet reads the child's JSON lines from a pipe, the one hand-off between watchdog's
+threads and the hub, and calls ``on_change(paths)``. ``paths is None`` means "rescan
+everything": the root moved, a hidden entry changed (a ConfigMap volume's ``..data`` swap),
+events overflowed, or the watcher (re)started and may have missed something.
 
-A root that is a symlink (git-sync swaps it atomically) is watched through its parent: watching
-the link's target goes blind after the first swap, so on any event naming the link we re-resolve
-it and re-schedule the recursive watch on the new target.
+The child is supervised: when it exits, the daemon logs why (with its last output), relies on
+the periodic rescan meanwhile, and starts a new one after a back-off (1 s doubling to 60 s,
+reset once one has run for a minute). It exits by itself when the daemon does: its stdin is a
+pipe from us, and end of file ends it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
-import threading
+import sys
+import time
 from collections import deque
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import gevent
+import gevent.event
 
+from edgeproxy import spawn
 from edgeproxy.daemon.logs import log_event
 
 log = logging.getLogger(__name__)
-MAX_QUEUED = 10_000  # more paths than this before the hub drains: rescan everything instead
 
-
-def _hidden(path: Path, root: Path) -> bool:
-    try:
-        parts = path.relative_to(root).parts
-    except ValueError:
-        return False
-    return any(part.startswith(".") for part in parts)
+RESTART_INITIAL = 1.0
+RESTART_MAX = 60.0
+STABLE_AFTER = 60.0  # seconds up after which a crash counts as the first again
+KEPT_OUTPUT_LINES = 20  # non-protocol lines (a traceback) kept to log when the child dies
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
 
 
 class DirectoryWatcher:
-    def __init__(self, root: Path, on_change: Callable[[set[Path] | None], None]) -> None:
+    def __init__(self, root: Path, on_change: Callable[[set[Path] | None], None],
+                 command: list[str] | None = None) -> None:
         self.root = Path(root).absolute()
         self.on_change = on_change
-        self._queue: deque = deque()
-        self._lock = threading.Lock()
-        self._overflow = False
-        self._observer = None
-        self._target_watch = None
-        self._parent_watch = None
-        self._target: Path | None = None
-        self._async = None
-        self.events_total = 0
+        self.command = command or [sys.executable, "-m", "edgeproxy.daemon.watch_process"]
+        self.events_total = 0     # changed paths and rescans received
+        self.restarts_total = 0   # children started after the first
+        self.target: Path | None = None
+        self.watchdog_version: str | None = None
+        self._child: spawn.Child | None = None
+        self._greenlet: gevent.Greenlet | None = None
+        self._ready = gevent.event.Event()
+        self._stopping = False
 
-    # -- thread side ---------------------------------------------------------------------------
-    def _enqueue(self, paths: Iterable[str]) -> None:
-        with self._lock:
-            if len(self._queue) >= MAX_QUEUED:
-                self._overflow = True
-            else:
-                self._queue.extend(paths)
-        self._async.send()
+    @property
+    def running(self) -> bool:
+        """A child is up and has its watches in place."""
+        return self._child is not None and self._ready.is_set()
 
-    def _handler(self):
-        from watchdog.events import FileSystemEventHandler
+    def start(self, wait: float = 5.0) -> bool:
+        """Start supervising; True when the first child was watching within ``wait``."""
+        self._stopping = False
+        self._greenlet = gevent.spawn(self._supervise)
+        return self._ready.wait(wait)
 
-        watcher = self
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event) -> None:  # noqa: D401 - watchdog's callback
-                if event.event_type in ("opened", "closed_no_write"):
-                    return
-                if event.is_directory and event.event_type == "modified":
-                    return  # the file event that caused it names the file itself
-                paths = [os.fsdecode(event.src_path)]
-                if getattr(event, "dest_path", ""):
-                    paths.append(os.fsdecode(event.dest_path))
-                if event.is_directory:
-                    paths.append("")  # a directory moved or appeared: rescan everything
-                watcher._enqueue(paths)
-
-        return Handler()
-
-    # -- hub side ------------------------------------------------------------------------------
-    def _drain(self) -> None:
-        with self._lock:
-            raw = list(self._queue)
-            self._queue.clear()
-            overflow, self._overflow = self._overflow, False
-        if not raw and not overflow:
-            return
-        self.events_total += len(raw)
-        full = overflow
-        changed: set[Path] = set()
-        for text in raw:
-            if text == "":
-                full = True
-                continue
-            path = Path(text)
-            if path == self.root or path.parent == self.root.parent and path.name == self.root.name:
-                self.reschedule()
-                full = True
-            elif self._target is not None and (_hidden(path, self._target) or path == self._target):
-                full = True
-            elif self._target is not None and path.parent == self.root.parent:
-                continue  # a sibling of the root in the parent directory: not ours
-            else:
-                changed.add(self._visible(path))
-        if full or changed:
-            self.on_change(None if full else changed)
-
-    def _visible(self, path: Path) -> Path:
-        """Map a path under the resolved target back under the configured root."""
-        if self._target is not None and self._target != self.root:
-            try:
-                return self.root / path.relative_to(self._target)
-            except ValueError:
-                pass
-        return path
-
-    def start(self) -> None:
-        from watchdog.observers import Observer
-
-        self._async = gevent.get_hub().loop.async_()
-        # The async callback runs inside the loop, where nothing may block or switch; the
-        # drain (which may re-schedule watches, taking locks) runs in its own greenlet.
-        self._async.start(lambda: gevent.spawn(self._drain))
-        self._observer = Observer()
-        self._observer.daemon = True
-        self._handler_obj = self._handler()
-        if self.root.parent.is_dir():
-            self._parent_watch = self._observer.schedule(self._handler_obj, str(self.root.parent),
-                                                         recursive=False)
-        self.reschedule(start=False)
-        self._observer.start()
-
-    def reschedule(self, start: bool = True) -> None:
-        """(Re-)resolve the root and watch its current target recursively."""
-        if self._observer is None:
-            return
-        try:
-            target = self.root.resolve(strict=True)
-        except OSError:
-            target = None
-        if target == self._target and (target is None or self._target_watch is not None):
-            return
-        if self._target_watch is not None:
-            try:
-                self._observer.unschedule(self._target_watch)
-            except (KeyError, ValueError):
-                pass
-            self._target_watch = None
-        self._target = target
-        if target is not None and target.is_dir():
-            try:
-                self._target_watch = self._observer.schedule(self._handler_obj, str(target),
-                                                             recursive=True)
-                log_event(log, logging.INFO, "watching manifest directory", root=str(self.root),
-                          target=str(target))
-            except OSError as exc:
-                log_event(log, logging.WARNING, "cannot watch manifest directory",
-                          root=str(self.root), error=str(exc))
-        if self._parent_watch is None and self.root.parent.is_dir():
-            self._parent_watch = self._observer.schedule(self._handler_obj, str(self.root.parent),
-                                                         recursive=False)
+    def reschedule(self) -> None:
+        """Re-resolve the root now (the daemon asks on every full rescan)."""
+        if self._child is not None:
+            self._child.send(b"reschedule\n")
 
     def stop(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer = None
-        if self._async is not None:
-            self._async.stop()
-            self._async.close()
-            self._async = None
+        self._stopping = True
+        if self._greenlet is not None:  # first: it may be waiting on the child's pipe
+            self._greenlet.kill()
+            self._greenlet = None
+        child, self._child = self._child, None
+        if child is not None:
+            child.stop()
+
+    # -- supervision ---------------------------------------------------------------------------
+    def _supervise(self) -> None:
+        delay = RESTART_INITIAL
+        first = True
+        while not self._stopping:
+            started = time.monotonic()
+            output: deque[str] = deque(maxlen=KEPT_OUTPUT_LINES)
+            try:
+                self._child = spawn.Child([*self.command, str(self.root)])
+            except OSError as exc:
+                code: int | None = None
+                output.append(f"cannot start {self.command[0]}: {exc}")
+            else:
+                if not first:
+                    self.restarts_total += 1
+                self._read(self._child, output)
+                child, self._child = self._child, None
+                code = child.stop(grace=1.0) if child is not None else None
+            first = False
+            self._ready.clear()
+            if self._stopping:
+                return
+            if time.monotonic() - started > STABLE_AFTER:
+                delay = RESTART_INITIAL
+            log_event(log, logging.WARNING, "manifest watcher exited; relying on the periodic "
+                      "rescan until it is back", exit_code=code, restart_in=delay,
+                      output=" | ".join(output) or None)
+            gevent.sleep(delay)
+            delay = min(RESTART_MAX, delay * 2)
+
+    def _read(self, child: spawn.Child, output: deque[str]) -> None:
+        while True:
+            line = child.readline()
+            if line is None:
+                return
+            try:
+                message = json.loads(line)
+                event = message["event"]
+            except (ValueError, KeyError, TypeError):
+                output.append(line.decode(errors="replace").rstrip())
+                continue
+            self._handle(event, message)
+
+    def _handle(self, event: str, message: dict) -> None:
+        if event == "changed":
+            paths = {Path(p) for p in message.get("paths", ())}
+            self.events_total += len(paths)
+            if paths:
+                self.on_change(paths)
+        elif event == "rescan":
+            self.events_total += 1
+            self.on_change(None)
+        elif event == "ready":
+            target = message.get("target")
+            self.target = Path(target) if target else None
+            self.watchdog_version = message.get("watchdog")
+            log_event(log, logging.INFO, "watching manifest directory", root=str(self.root),
+                      target=target, watchdog=self.watchdog_version)
+            # Anything may have changed while no watch was in place (before the first start,
+            # during a restart, between two targets): read everything once.
+            self._ready.set()
+            self.on_change(None)
+        elif event == "log":
+            fields = {k: v for k, v in message.items() if k not in ("event", "level", "message")}
+            log_event(log, _LEVELS.get(message.get("level", ""), logging.WARNING),
+                      str(message.get("message", "watcher")), **fields)
