@@ -13,6 +13,7 @@ Modules (one responsibility each):
 - `guard`     the mass-removal guard (pure decision).
 - `security`  manifest directory ownership/permission check.
 - `compute`   loading + validating + building the desired state off the hub (worker process).
+- `views`     what status, metrics and http read of the daemon (Protocols) and its counters.
 - `status`    the /status document and its text rendering (pure).
 - `metrics`   the prometheus-client collector reading plain counters.
 - `http`      the healthz/status and metrics WSGI apps.

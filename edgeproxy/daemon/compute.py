@@ -17,6 +17,8 @@ from edgeproxy.model import DesiredState, FilterMode, ManifestError
 
 @dataclass(frozen=True)
 class Computed:
+    """One computation: the state, and what the catalog said about the manifests."""
+
     state: DesiredState
     root_error: str | None
     file_count: int
@@ -43,9 +45,9 @@ class StateComputer:
         snapshot = self.catalog.refresh(None if changed is None else list(changed))
         state = build_state(snapshot.objects, self.filter_mode, snapshot.errors,
                             cache=self.cache)
-        files = dict(getattr(snapshot, "files", {}) or {})
-        return Computed(state=state, root_error=getattr(snapshot, "root_error", None),
-                        file_count=len(files), files=files, errors=tuple(snapshot.errors))
+        files = dict(snapshot.files)
+        return Computed(state=state, root_error=snapshot.root_error, file_count=len(files),
+                        files=files, errors=tuple(snapshot.errors))
 
     def compute(self, changed: Iterable[Path] | None) -> Computed:
         import gevent
