@@ -111,9 +111,15 @@ def default_factories(config: DaemonConfig) -> dict[str, Callable[[], Any]]:
 
     def keeper():
         from edgeproxy.rules.backends import select_backend
+        from edgeproxy.rules.conntrack import flush_udp_flows
         from edgeproxy.rules.keeper import RuleKeeper
+        from edgeproxy.tools import LocalRunner
 
-        return RuleKeeper(select_backend(config.iptables_backend), check_period=config.sync_period)
+        # Cooperative: the hub keeps forwarding while iptables/nft/conntrack run.
+        run = LocalRunner(cooperative=True)
+        return RuleKeeper(select_backend(config.iptables_backend, run),
+                          check_period=config.sync_period,
+                          flush=lambda targets: flush_udp_flows(targets, run))
 
     def render():
         # Keeps each service port's rules between syncs: one changed Service among 10,000

@@ -7,7 +7,9 @@ conntrack entries are deleted, so DNS flows fall back to kube-proxy at once.
 from __future__ import annotations
 
 from .backends import make_backend
-from .backends.base import BackendError, CleanupReport, Runner
+from edgeproxy.tools import Runner
+
+from .backends.base import BackendError, CleanupReport
 from .conntrack import flush_udp_flows
 from .render import OWN_CHAINS
 

@@ -14,7 +14,7 @@ from edgeproxy.daemon.config import build_config
 from edgeproxy.forwarding.server import ProxyServer
 from edgeproxy.model import DesiredState
 from edgeproxy.rules.backends import Backend, make_backend
-from edgeproxy.rules.backends.base import Result
+from edgeproxy.tools import Result
 from edgeproxy.rules.keeper import RuleKeeper
 from edgeproxy.rules.render import RuleRenderer
 from tests.daemon.fakes import FakeComputer, FakeKeeper, FakeProxy

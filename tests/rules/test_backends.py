@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from edgeproxy.rules.backends import LocalRunner, make_backend, namespace_runner
+from edgeproxy.rules.backends import make_backend
+from edgeproxy.tools import LocalRunner, namespace_runner
 from edgeproxy.rules.render import render_rules
 from tests.rules import states
 from tests.rules.node import dump, install_kube_proxy, ipt, ours_before_kube, targets

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 
-from .base import Backend, BackendError, CleanupReport, LocalRunner, Runner, namespace_runner
+from edgeproxy.tools import Runner
+
+from .base import Backend, BackendError, CleanupReport
 from .iptables_restore import IptablesRestoreBackend
 from .nftables import NftablesBackend
 
@@ -16,9 +18,8 @@ log = logging.getLogger(__name__)
 
 BACKEND_NAMES = ("auto", "legacy", "nft", "nftables")
 
-__all__ = ["Backend", "BackendError", "CleanupReport", "LocalRunner", "Runner",
-           "namespace_runner", "IptablesRestoreBackend", "NftablesBackend", "select_backend",
-           "make_backend", "BACKEND_NAMES"]
+__all__ = ["Backend", "BackendError", "CleanupReport", "IptablesRestoreBackend",
+           "NftablesBackend", "select_backend", "make_backend", "BACKEND_NAMES"]
 
 
 def make_backend(name: str, runner: Runner | None = None) -> Backend:

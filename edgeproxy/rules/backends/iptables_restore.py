@@ -23,8 +23,9 @@ from ..render import (ALL_OWN_CHAINS, JUMPS, KUBE_SERVICES, OWN_CHAINS, TABLES, 
                       format_rule)
 from .. import nfnetlink, xtables
 from ..incremental import incremental_restore_text
-from .base import (BackendError, CleanupReport, LocalRunner, Runner, netlink_target, off_hub,
-                   only_our_writes)
+from edgeproxy.tools import LocalRunner, Runner
+
+from .base import BackendError, CleanupReport, netlink_target, off_hub, only_our_writes
 
 log = logging.getLogger(__name__)
 
@@ -268,13 +269,13 @@ class IptablesRestoreBackend:
                 # Vouched for by our own write: take the reference digests now, while the
                 # unchanged generation proves they are of what we wrote, so that a later
                 # write by someone else is judged by digests and not by a full save.
-                digests = off_hub(self._digests, ruleset)
+                digests = off_hub(self.run, self._digests, ruleset)
                 if digests is not None and self.generation() == generation:
                     self._verified = (digests, ruleset)
             self.checks_skipped += 1
             return []
         self._clean = None
-        digests = off_hub(self._digests, ruleset)
+        digests = off_hub(self.run, self._digests, ruleset)
         known = self._verified
         self._verified = None
         if digests is not None and known is not None and known[1] is ruleset:

@@ -18,8 +18,9 @@ import logging
 
 from ..render import NFT_TABLE, RuleSet, parse_nft_chains
 from .. import nfnetlink
-from .base import (BackendError, CleanupReport, LocalRunner, Runner, netlink_target,
-                   off_hub, only_our_writes)
+from edgeproxy.tools import LocalRunner, Runner
+
+from .base import BackendError, CleanupReport, netlink_target, off_hub, only_our_writes
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class NftablesBackend:
     def _digests(self, ruleset: RuleSet, family: int) -> dict[str, str] | None:
         if not self._netlink:
             return None
-        return off_hub(nfnetlink.chain_digests, family, NFT_TABLE,
+        return off_hub(self.run, nfnetlink.chain_digests, family, NFT_TABLE,
                        list(ruleset.nft_chain_rules(family)), self._netns)
 
     def _verify(self, ruleset: RuleSet, family: int) -> list[str]:
