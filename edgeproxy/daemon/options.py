@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from edgeproxy.daemon.durations import DurationError, parse_duration
+from edgeproxy.model import BACKEND_CHOICES, FILTER_MODES
 
-FILTER_MODES = ("FilterIfLabelExists", "FilterIfLabelDoesNotExists")
-BACKENDS = ("auto", "legacy", "nft", "nftables")
 LOG_FORMATS = ("text", "json")
 
 
@@ -135,7 +134,7 @@ OPTIONS: tuple[Option, ...] = (
            choices=FILTER_MODES),
     Option("iptables_backend", "--iptables-backend", "iptablesBackend", "auto", str,
            "rule backend: auto (detect like kube-proxy), legacy, nft or nftables",
-           choices=BACKENDS),
+           choices=BACKEND_CHOICES),
     Option("proxy_port_range", "--proxy-port-range", "proxyPortRange", "61000-64999",
            _port_range,
            "local ports for the proxy listeners, A-B or A+N; '' lets the kernel choose "

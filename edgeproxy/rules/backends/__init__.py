@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from edgeproxy.model import BACKEND_CHOICES
 from edgeproxy.tools import Runner
 
 from .base import Backend, BackendError, CleanupReport
@@ -16,10 +17,9 @@ from .nftables import NftablesBackend
 
 log = logging.getLogger(__name__)
 
-BACKEND_NAMES = ("auto", "legacy", "nft", "nftables")
 
 __all__ = ["Backend", "BackendError", "CleanupReport", "IptablesRestoreBackend",
-           "NftablesBackend", "select_backend", "make_backend", "BACKEND_NAMES"]
+           "NftablesBackend", "select_backend", "make_backend"]
 
 
 def make_backend(name: str, runner: Runner | None = None) -> Backend:
@@ -28,7 +28,7 @@ def make_backend(name: str, runner: Runner | None = None) -> Backend:
     if name == "nftables":
         return NftablesBackend(runner)
     raise ValueError(f"unknown iptables backend {name!r}; choose one of "
-                     f"{', '.join(BACKEND_NAMES)}")
+                     f"{', '.join(BACKEND_CHOICES)}")
 
 
 def select_backend(name: str = "auto", runner: Runner | None = None) -> Backend:
