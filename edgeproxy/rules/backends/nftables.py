@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 
-from ..render import NFT_TABLE, RuleSet, parse_nft_chains
+from ..render import NFT_TABLE, RuleSet
 from .. import nfnetlink
 from edgeproxy.tools import LocalRunner, Runner
 
@@ -199,3 +199,20 @@ class NftablesBackend:
         for family in (4, 6):
             self._delete(family, report)
         return report
+
+
+def parse_nft_chains(listing: str) -> dict[str, list[str]]:
+    """Rule lines per chain of ``nft list table`` output (stripped; the table's ``comment``
+    and a base chain's ``type`` line are not rules)."""
+    result: dict[str, list[str]] = {}
+    chain: str | None = None
+    for line in listing.splitlines():
+        s = line.strip()
+        if s.startswith("chain ") and s.endswith("{"):
+            chain = s.split()[1]
+            result[chain] = []
+        elif s == "}":
+            chain = None
+        elif chain is not None and s and not s.startswith("type "):
+            result[chain].append(s)
+    return result
