@@ -71,8 +71,8 @@ from typing import Callable
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgeproxy.netns import NetNS  # noqa: E402
-from edgeproxy.netns import netns_unavailable_reason as netns_available  # noqa: E402
+from edgeproxy.demo.netns import NetNS  # noqa: E402
+from edgeproxy.demo.netns import netns_unavailable_reason as netns_available  # noqa: E402
 
 POD_IP = "198.18.10.2"
 NODE_POD_IP = "198.18.10.1"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeproxy.testbed import copy_examples
+from edgeproxy.demo.daemon import copy_examples
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "edgeproxy.service"

@@ -1,9 +1,10 @@
 """Load, validate and build the desired state off the gevent hub.
 
 The catalog keeps per-file caches and last-good objects, and the state builder's cache keeps
-what it derived from them (``BuildCache``), so both live as long as the daemon. Parsing thousands of documents is seconds of CPU: `StateComputer.compute` runs it in
-gevent's native thread pool, so the hub keeps serving connections and watchdog pings while it
-runs (the GIL is still shared; the interpreter's 5 ms switch interval lets the hub in).
+what it derived from them (``BuildCache``), so both live as long as the daemon. Parsing
+thousands of documents is seconds of CPU: `StateComputer.compute` runs it in gevent's native
+thread pool, so the hub keeps serving connections and watchdog pings while it runs (the GIL is
+still shared; the interpreter's 5 ms switch interval lets the hub in).
 """
 
 from __future__ import annotations
