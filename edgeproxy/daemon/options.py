@@ -217,9 +217,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(option.flag, dest=option.dest, default=None,
                                 choices=option.choices, metavar=option.metavar, help=option.help)
 
-
-def describe_default(option: Option) -> str:
-    """The default as a user would write it (for docs and the example config)."""
-    if isinstance(option.default, bool):
-        return "true" if option.default else "false"
-    return str(option.default)
