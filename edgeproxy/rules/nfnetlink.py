@@ -58,7 +58,7 @@ _seq = 0
 def _open(netns: str | None) -> "_socket.socket":
     """A netlink socket of the namespace ``netns``, from the C ``_socket`` module, which
     gevent's monkey-patching leaves alone: these reads run in a native thread of gevent's pool
-    (backends/base.py `off_hub`), where a cooperative socket would need a hub of its own."""
+    (backends/check.py `off_hub`), where a cooperative socket would need a hub of its own."""
     # setns affects the calling thread only, and only until the socket exists.
     with entered(netns):
         sock = _socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)

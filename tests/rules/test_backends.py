@@ -360,12 +360,3 @@ def test_real_connection_to_vip_reaches_listener_ahead_of_kube_proxy(netns, back
     finally:
         proc.kill()
         proc.wait()
-
-
-def test_only_our_writes_counts_transactions_across_the_32_bit_wrap():
-    from edgeproxy.rules.backends.base import only_our_writes
-
-    assert only_our_writes(10, 12, 2)
-    assert not only_our_writes(10, 13, 2)  # someone else wrote too
-    assert only_our_writes(0xFFFFFFFF, 1, 2)
-    assert not only_our_writes(None, 12, 2) and not only_our_writes(10, None, 2)

@@ -4,6 +4,7 @@ flushing when capture starts/changes, cleanup on stop."""
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import gevent
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from edgeproxy.demo.kube_proxy import StandInKubeProxy
 from edgeproxy.rules.backends import make_backend
 from edgeproxy.rules.backends.base import CleanupReport
+from edgeproxy.rules.backends.check import CheckCounts
 from edgeproxy.rules.keeper import RuleKeeper
 from edgeproxy.rules.render import render_rules
 from edgeproxy.tools import namespace_runner
@@ -29,6 +31,7 @@ class FakeBackend:
     name = "fake"
 
     def __init__(self) -> None:
+        self.check = SimpleNamespace(counts=CheckCounts())
         self.applied = []
         self.previous = []
         self.broken = False
