@@ -43,8 +43,9 @@ held open. Throughput figures also give the CPU one GB costs along the whole pat
 client + server + proxy, softirq work included in whichever process it ran in) and the ratio
 DNAT/edgeproxy of that cost: on CPU-bound cores, the ceiling of the throughput ratio.
 ``--repeat N`` measures every figure N times (variants interleaved, order rotated) and reports
-the median run with all runs listed; ``--only`` selects figures. Ratios edgeproxy/DNAT and edgeproxy/haproxy come from the same run, and the targets
-of issue 4 are marked PASS/FAIL. A variant that fails to start (edgeproxy code broken) is
+the median run with all runs listed; ``--only`` selects figures. Ratios edgeproxy/DNAT and
+edgeproxy/haproxy come from the same run, and the forwarding targets (docs/benchmarks.md) are
+marked PASS/FAIL. A variant that fails to start (edgeproxy code broken) is
 reported as failed with its reason; the others still run.
 
 Everything started here is killed and every namespace deleted at exit, also on Ctrl-C, SIGTERM
@@ -637,7 +638,8 @@ FIGURES = (
            variants=PROXIES, higher_is_better=False),
 )
 
-# (figure, baseline variant or None for an absolute bound, operator, bound) from issue 4.
+# (figure, baseline variant or None for an absolute bound, operator, bound): the forwarding
+# targets of docs/benchmarks.md.
 TARGETS = (
     ("throughput", "dnat", ">=", 0.8),
     ("throughput", "haproxy", ">", 1.0),
@@ -801,7 +803,7 @@ def render(figs: dict, targets: list[dict], bench: Bench) -> str:
                     lines.append(f"  ratio edgeproxy/{LABELS[base]} {label}: p50 "
                                  f"{a['p50_ms'] / b['p50_ms']:.2f}, p99 "
                                  f"{a['p99_ms'] / b['p99_ms']:.2f} (lower is better)")
-    lines += ["", "Targets (issue 4)"]
+    lines += ["", "Targets"]
     for t in targets:
         lines.append(f"  {t['figure']:<14} {t['what']:<24} {t['op']:>2} {t['bound']:<5g} "
                      f"{_fmt(t['value']):>8}  {t['verdict']}")

@@ -10,7 +10,7 @@ Measures, in the same run and on the same files:
           daemon does on a watch event), and a full rescan ``refresh()`` (stat 1,000 files,
           parse one).
 Each figure is the best of ``--repeat`` runs (the machine is shared; the best is the least
-disturbed); floor and full runs alternate. Targets (issue 2): full <= 2.5x floor; one-file reload < 50 ms.
+disturbed); floor and full runs alternate. Targets: full <= 2.5x floor; one-file reload < 50 ms.
 
     .venv/bin/python bench/load_manifests.py [--files 1000] [--per-file 10] [--repeat 3]
 """

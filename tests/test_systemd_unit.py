@@ -1,4 +1,4 @@
-"""edgeproxy.service: the settings issue 5 requires, `systemd-analyze verify`, and its ExecStart
+"""edgeproxy.service: the settings the daemon relies on, `systemd-analyze verify`, and its ExecStart
 line run as written (binary path swapped for this checkout's, config pointed at a temp file)
 inside a network namespace, with a NOTIFY_SOCKET of our own standing in for systemd: it must
 send READY=1 and WATCHDOG=1, answer /readyz, and exit 0 on SIGTERM."""

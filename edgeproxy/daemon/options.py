@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from edgeproxy.daemon.durations import DurationError, parse_duration
-from edgeproxy.model import BACKEND_CHOICES, FILTER_MODES
+from edgeproxy.model import BACKEND_CHOICES, DEFAULT_UDP_TIMEOUT_SECONDS, FILTER_MODES
 
 LOG_FORMATS = ("text", "json")
 
@@ -139,7 +139,8 @@ OPTIONS: tuple[Option, ...] = (
            _port_range,
            "local ports for the proxy listeners, A-B or A+N; '' lets the kernel choose "
            "(default 61000-64999, outside ip_local_port_range)", "RANGE"),
-    _duration_option("udp_timeout", "--udp-timeout", "udpTimeout", "30s",
+    _duration_option("udp_timeout", "--udp-timeout", "udpTimeout",
+                     f"{DEFAULT_UDP_TIMEOUT_SECONDS:g}s",
                      "idle time after which a UDP client session is closed"),
     _duration_option("tcp_idle_timeout", "--tcp-idle-timeout", "tcpIdleTimeout", "0s",
                      "close TCP connections idle this long; 0 means never"),

@@ -31,6 +31,7 @@ import gevent
 
 from edgeproxy.forwarding.balancer import Balancer, NoEndpointsError
 from edgeproxy.forwarding.stats import ServiceStats
+from edgeproxy.model import DEFAULT_UDP_TIMEOUT_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class UdpService:
     """Listeners and sessions of one UDP service port."""
 
     def __init__(self, name: str, balancer: Balancer, stats: ServiceStats,
-                 timeout: float = 300.0, max_sessions: int = 10000) -> None:
+                 timeout: float = DEFAULT_UDP_TIMEOUT_SECONDS, max_sessions: int = 10000) -> None:
         self.name = name
         self.balancer = balancer
         self.stats = stats

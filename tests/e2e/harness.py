@@ -6,7 +6,7 @@ adds what the e2e tests need on top:
 - `ClientLoop`: a thread inside the pod namespace that keeps requesting a set of services
   through their cluster IPs and records every failure with its time and error, so a test can
   assert "no request to an unchanged service failed while X happened".
-- Mirrors: the three ways a mirror updates a directory (DESIGN.md): `AtomicRenameMirror`
+- Mirrors: the three ways a mirror updates a directory: `AtomicRenameMirror`
   (rsync/kubectl: temp file + rename), `SymlinkSwapMirror` (git-sync: the root is a symlink to
   a versioned copy, swapped atomically; or the ConfigMap-volume layout where `..data` is swapped
   and the files are symlinks through it), `InPlaceMirror` (truncate and write in chunks).
