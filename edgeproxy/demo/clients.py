@@ -13,11 +13,12 @@ from typing import Callable
 from edgeproxy.demo.netns import NetNS
 
 
-def http_get(ns: NetNS, host: str, port: int = 80, path: str = "/",
-             headers: dict[str, str] | None = None, timeout: float = 2.0,
-             connect_timeout: float | None = None) -> str:
-    """GET over a fresh connection made inside `ns`; returns the body or raises OSError.
-    ``connect_timeout`` (default: ``timeout``) bounds the handshake alone."""
+def http_request(ns: NetNS, host: str, port: int = 80, path: str = "/",
+                 headers: dict[str, str] | None = None, timeout: float = 2.0,
+                 connect_timeout: float | None = None) -> tuple[int, bytes, str]:
+    """GET over a fresh connection made inside `ns`: (status code, 0 when the answer is not
+    HTTP; status line; body). OSError when it cannot connect or times out. ``connect_timeout``
+    (default: ``timeout``) bounds the handshake alone."""
     with ns.entered():
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     with sock:
@@ -33,11 +34,23 @@ def http_get(ns: NetNS, host: str, port: int = 80, path: str = "/",
             if not data:
                 break
             chunks.append(data)
-    raw = b"".join(chunks)
-    head, _, body = raw.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.") or b" 200 " not in head.split(b"\r\n", 1)[0]:
-        raise OSError(f"unexpected HTTP answer from {host}:{port}: {head[:80]!r}")
-    return body.decode(errors="replace")
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0]
+    parts = status.split()
+    code = int(parts[1]) if status.startswith(b"HTTP/1.") and len(parts) > 1 \
+        and parts[1].isdigit() else 0
+    return code, status, body.decode(errors="replace")
+
+
+def http_get(ns: NetNS, host: str, port: int = 80, path: str = "/",
+             headers: dict[str, str] | None = None, timeout: float = 2.0,
+             connect_timeout: float | None = None) -> str:
+    """The body of a 200 answer to a GET made inside `ns` (see `http_request`); any other
+    answer raises OSError."""
+    code, status, body = http_request(ns, host, port, path, headers, timeout, connect_timeout)
+    if code != 200:
+        raise OSError(f"unexpected HTTP answer from {host}:{port}: {status[:80]!r}")
+    return body
 
 
 def echo_line(ns: NetNS, host: str, port: int, text: str, timeout: float = 2.0) -> str:

@@ -12,7 +12,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from edgeproxy.demo.clients import http_request
 from edgeproxy.demo.netns import NetNS
 
 HEALTHZ = "127.0.0.1:10266"
@@ -116,23 +116,10 @@ class Daemon:
         return self.proc is not None and self.proc.poll() is None
 
     def get(self, path: str, port_spec: str = HEALTHZ, timeout: float = 2.0) -> tuple[int, str]:
+        """(status code, body) of a GET to the daemon's healthz (or metrics) address."""
         host, port = port_spec.rsplit(":", 1)
-        with self.node.entered():
-            # urllib connects lazily, so the socket must be made inside: use a raw connection.
-            sock = socket.create_connection((host, int(port)), timeout=timeout)
-        with sock:
-            sock.settimeout(timeout)
-            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-            chunks = []
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                chunks.append(data)
-        head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-        status_line = head.split(b"\r\n", 1)[0].split()
-        code = int(status_line[1]) if len(status_line) > 1 else 0
-        return code, body.decode(errors="replace")
+        code, _, body = http_request(self.node, host, int(port), path, timeout=timeout)
+        return code, body
 
     def wait_ready(self, timeout: float = 20.0) -> float:
         """Seconds until /readyz answered 200; DaemonError (with the log) if it never does."""

@@ -155,8 +155,11 @@ class Demo:
         assert self.iptables is not None
         return self.iptables
 
-    def _nat_listing(self, *chains: str) -> str:
-        return self._iptables().listing(*chains)
+    def _show_nat(self, *chains: str, note: str = "") -> None:
+        """Print `iptables -t nat -nvL CHAIN` of the node for each chain, as a user runs it."""
+        for chain in chains:
+            self.p.command(f"ip netns exec node iptables -t nat -nvL {chain}{note}",
+                           self._iptables().listing(chain))
 
     def _nat_targets(self, chain: str) -> list[str]:
         return self._iptables().targets(chain)
@@ -252,12 +255,7 @@ class Demo:
         self.p.step("The rules edgeproxy installed (nat table of the node)")
         self.p.say("edgeproxy's jumps come first, ahead of kube-proxy's KUBE-SERVICES; each service")
         self.p.say("port is DNATed to edgeproxy's listener on 169.254.96.17 (its edgeproxy0 interface).")
-        self.p.command("ip netns exec node iptables -t nat -nvL PREROUTING",
-                       self._nat_listing("PREROUTING"))
-        self.p.command("ip netns exec node iptables -t nat -nvL OUTPUT",
-                       self._nat_listing("OUTPUT"))
-        self.p.command("ip netns exec node iptables -t nat -nvL KUBE-PORTALS-CONTAINER",
-                       self._nat_listing("KUBE-PORTALS-CONTAINER"))
+        self._show_nat("PREROUTING", "OUTPUT", "KUBE-PORTALS-CONTAINER")
 
     def _pod_traffic(self) -> None:
         assert self.topo is not None
@@ -316,8 +314,7 @@ class Demo:
         body = self._curl(self.topo.pod, "pod", f"http://{METRICS_VIP}:9100/")
         if "node_up 1" not in body:
             raise DemoFailure(f"{METRICS_VIP}:9100 answered {body!r}")
-        self.p.command("ip netns exec node iptables -t nat -nvL KUBE-SERVICES",
-                       self._nat_listing("KUBE-SERVICES"))
+        self._show_nat("KUBE-SERVICES")
         portals = self._iptables().save("nat")
         if any(METRICS_VIP in line and "KUBE-PORTALS" in line for line in portals.splitlines()):
             raise DemoFailure(f"edgeproxy has a rule for {METRICS_VIP}")
@@ -342,19 +339,15 @@ class Demo:
         self._curl(self.topo.pod, "pod", f"http://{API_VIP}/")
         self.p.ok(f"new service answering {took * 1000:.0f} ms after the file was written "
                   "(no restart, other services untouched)")
-        self.p.command("ip netns exec node iptables -t nat -nvL KUBE-PORTALS-CONTAINER",
-                       self._nat_listing("KUBE-PORTALS-CONTAINER"))
+        self._show_nat("KUBE-PORTALS-CONTAINER")
 
     def _chain_repair(self) -> None:
-        assert self.topo is not None
-        pod = self.topo.pod
+        assert self.topo is not None and self.kube_proxy is not None
         self.p.step("kube-proxy jumps ahead; edgeproxy repairs the order")
         self.p.say("kube-proxy restarts after a flush and re-inserts its jump at position 1.")
         self.p.say("Now its stale rule for web would win: web goes to the gone pod.")
-        assert self.kube_proxy is not None
         self.kube_proxy.jump_ahead()
-        before = self._nat_listing("PREROUTING")
-        self.p.command("ip netns exec node iptables -t nat -nvL PREROUTING   # before", before)
+        self._show_nat("PREROUTING", note="   # before")
         started = time.monotonic()
         took = wait_until(
             lambda: self._nat_targets("PREROUTING")[0] != "KUBE-SERVICES"
@@ -362,12 +355,12 @@ class Demo:
             timeout=REPAIR_WAIT, interval=0.05)
         if took is None:
             raise DemoFailure(f"KUBE-SERVICES still first after {REPAIR_WAIT:.0f} s")
-        self.p.command("ip netns exec node iptables -t nat -nvL PREROUTING   # after",
-                       self._nat_listing("PREROUTING"))
+        self._show_nat("PREROUTING", note="   # after")
         order = self._nat_targets("PREROUTING")
         if order.index("KUBE-SERVICES") < min(
                 (i for i, t in enumerate(order) if t.startswith("KUBE-PORTALS")), default=99):
             raise DemoFailure(f"PREROUTING order after repair: {order}")
+        pod = self.topo.pod
         back = wait_until(lambda: http_get(pod, WEB_VIP, timeout=0.5).strip()
                           in ("web-1", "web-2"), timeout=5)
         if back is None:
@@ -395,8 +388,7 @@ class Demo:
         self.p.step("SIGTERM: edgeproxy hands the traffic back and exits")
         rc = self.daemon.stop(timeout=40)
         order = self._nat_targets("PREROUTING")
-        self.p.command("ip netns exec node iptables -t nat -nvL PREROUTING",
-                       self._nat_listing("PREROUTING"))
+        self._show_nat("PREROUTING")
         if rc != 0:
             raise DemoFailure(f"edgeproxy exited {rc} on SIGTERM; log:\n{self.daemon.log_tail()}")
         leftovers = [t for t in order if t.startswith("KUBE-PORTALS")]
