@@ -103,6 +103,9 @@ def test_install_starts_the_service_only_after_ready(node):
     assert "edgeproxy started" in result.stdout, result.stdout + result.stderr
     assert m.unit_property(UNIT, "ActiveState") == "active"
     assert m.unit_property(UNIT, "UnitFileState") == "enabled"
+    # Installed where its paths exist, the unit verifies without a single remark.
+    verify = m.run(["systemd-analyze", "verify", f"/etc/systemd/system/{UNIT}"], check=False)
+    assert verify.returncode == 0 and not (verify.stdout + verify.stderr).strip(), verify
     # Type=notify: `systemctl start` (inside install.sh) returned once systemd got READY=1,
     # which the daemon sends after listeners and rules are in place: served at the first try.
     assert served(m)
