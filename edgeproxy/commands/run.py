@@ -40,17 +40,24 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(config.log_format, config.verbosity)
     log = logging.getLogger("edgeproxy.daemon")
     if os.geteuid() == 0 and not config.allow_insecure_manifests:
-        from edgeproxy.daemon.security import MAX_REPORTED, insecure_paths
+        # Files and directories inside are checked on every read (a bad one is refused alone,
+        # edgeproxy/manifests/reader.py); a root whoever can rename or write is fatal.
+        from pathlib import Path
 
-        problems = insecure_paths(config.manifests)
+        from edgeproxy.manifests.reader import TrustContext, TrustPolicy
+
+        context = TrustContext(config.manifests, TrustPolicy(
+            trusted_roots=tuple(Path(p) for p in config.trusted_manifest_roots),
+            require_root_owned=True))
+        problems = context.root_problems(config.manifests)
         if problems:
-            for line in problems[:MAX_REPORTED]:
-                log_event(log, logging.ERROR, "insecure manifest path", problem=line)
-            print(f"edgeproxy run: refusing to serve {config.manifests}: {len(problems)} "
-                  "path(s) are writable by group/other or owned by another user than root, "
-                  "and whoever can write there steers this node's traffic. Fix with "
-                  f"`chown -R root: {config.manifests} && chmod -R go-w {config.manifests}` "
-                  "or pass --allow-insecure-manifests.", file=sys.stderr)
+            for line in problems:
+                log_event(log, logging.ERROR, "insecure manifest root", problem=line)
+            print(f"edgeproxy run: refusing to serve {config.manifests}: "
+                  f"{'; '.join(problems)}. Whoever can write there steers this node's "
+                  "traffic. Fix the ownership and modes (root-owned, not writable by group or "
+                  "other; a world-writable parent needs the sticky bit) or pass "
+                  "--allow-insecure-manifests.", file=sys.stderr)
             return 1
     from edgeproxy.daemon.core import Daemon
 

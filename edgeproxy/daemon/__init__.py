@@ -9,10 +9,10 @@ Modules (one responsibility each):
 - `logs`      one-line key=value / JSON logging, journald-aware, rate-limited per message.
 - `sdnotify`  the systemd NOTIFY_SOCKET datagram protocol (READY=1, WATCHDOG=1, STOPPING=1).
 - `runner`    kube-proxy's bounded-frequency runner as a greenlet.
-- `watcher`   watchdog observer -> gevent hub hand-off, symlinked-root aware.
+- `watcher`   supervises the watchdog process (`watch_process`) and hands its events to the hub.
 - `guard`     the mass-removal guard (pure decision).
-- `security`  manifest directory ownership/permission check.
-- `compute`   loading + validating + building the desired state off the hub (worker process).
+- `compute`   loading + validating + building the desired state off the hub (the parse worker
+              process reads and parses, the thread pool builds).
 - `status`    the /status document and its text rendering (pure).
 - `metrics`   the prometheus-client collector reading plain counters.
 - `http`      the healthz/status and metrics WSGI apps.

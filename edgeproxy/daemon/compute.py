@@ -1,9 +1,10 @@
 """Load, validate and build the desired state off the gevent hub.
 
-The catalog (foundation) keeps per-file caches and last-good objects, so it lives for the whole
-daemon. Parsing thousands of documents is seconds of CPU: `StateComputer.compute` runs it in
-gevent's native thread pool, so the hub keeps serving connections and watchdog pings while it
-runs (the GIL is still shared; the interpreter's 5 ms switch interval lets the hub in).
+The catalog keeps per-file caches and last-good objects, so it lives for the whole daemon.
+Reading, parsing and validating changed files happens in the parse worker process
+(edgeproxy/manifests/worker.py: a memory and a time budget per file, memory given back); the
+rest of a refresh (stat, merging, `build_state`) runs in gevent's native thread pool, so the
+hub keeps serving connections and watchdog pings meanwhile.
 """
 
 from __future__ import annotations
@@ -22,27 +23,44 @@ class Computed:
     file_count: int
     files: Mapping[str, Any] = field(default_factory=dict)
     errors: tuple[ManifestError, ...] = ()
+    retry: tuple[Path, ...] = ()  # probably half-written: refresh again shortly
 
 
 class StateComputer:
-    def __init__(self, root: Path, filter_mode: FilterMode) -> None:
-        from edgeproxy.manifests.catalog import ManifestCatalog
+    def __init__(self, root: Path, filter_mode: FilterMode, policy: Any = None,
+                 use_worker: bool = True) -> None:
+        from edgeproxy.manifests.catalog import DEFAULT_SETTLE, ManifestCatalog
 
         self.root = root
         self.filter_mode = filter_mode
-        self.catalog = ManifestCatalog(root, keep_last_good=True)
+        self.worker = None
+        loader = None
+        if use_worker:
+            from edgeproxy.manifests.worker import ParseWorker
 
-    def compute_blocking(self, changed: Iterable[Path] | None) -> Computed:
+            self.worker = ParseWorker()
+            loader = self.worker.load
+        self.catalog = ManifestCatalog(root, keep_last_good=True, policy=policy, loader=loader,
+                                       settle=DEFAULT_SETTLE)
+
+    def compute_blocking(self, changed: Iterable[Path] | None,
+                         writing: Iterable[Path] = ()) -> Computed:
         from edgeproxy.state import build_state
 
-        snapshot = self.catalog.refresh(None if changed is None else list(changed))
+        snapshot = self.catalog.refresh(None if changed is None else list(changed), writing)
         state = build_state(snapshot.objects, self.filter_mode, snapshot.errors)
         files = dict(getattr(snapshot, "files", {}) or {})
         return Computed(state=state, root_error=getattr(snapshot, "root_error", None),
-                        file_count=len(files), files=files, errors=tuple(snapshot.errors))
+                        file_count=len(files), files=files, errors=tuple(snapshot.errors),
+                        retry=tuple(snapshot.retry))
 
-    def compute(self, changed: Iterable[Path] | None) -> Computed:
+    def compute(self, changed: Iterable[Path] | None, writing: Iterable[Path] = ()) -> Computed:
         import gevent
 
         changed_list = None if changed is None else list(changed)
-        return gevent.get_hub().threadpool.apply(self.compute_blocking, (changed_list,))
+        return gevent.get_hub().threadpool.apply(self.compute_blocking,
+                                                 (changed_list, list(writing)))
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()

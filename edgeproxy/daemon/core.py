@@ -37,6 +37,7 @@ from edgeproxy.model import DesiredState, FilterMode, ListenAddresses
 log = logging.getLogger("edgeproxy.daemon")
 
 # Sync duration histogram buckets (seconds): from one changed file to a 10,000-service reload.
+RETRY_DELAY = 0.25  # seconds before a probably half-written file is read again
 WATCHER_START_WAIT = 5.0  # seconds; the watcher process is normally ready in ~0.2 s
 SYNC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -64,9 +65,15 @@ def default_factories(config: DaemonConfig) -> dict[str, Callable[[], Any]]:
     """The real pieces; tests pass fakes that follow the same interfaces."""
 
     def computer():
-        from edgeproxy.daemon.compute import StateComputer
+        import os
 
-        return StateComputer(config.manifests, FilterMode(config.service_filter_mode))
+        from edgeproxy.daemon.compute import StateComputer
+        from edgeproxy.manifests.reader import TrustPolicy
+
+        policy = TrustPolicy(
+            trusted_roots=tuple(Path(p) for p in config.trusted_manifest_roots),
+            require_root_owned=os.geteuid() == 0 and not config.allow_insecure_manifests)
+        return StateComputer(config.manifests, FilterMode(config.service_filter_mode), policy)
 
     def proxy():
         from edgeproxy.forwarding.ports import PortRange
@@ -124,6 +131,8 @@ class Daemon:
         self.last_applied_wall: float | None = None  # for /healthz lastUpdated
         self.queued_since: float | None = None  # monotonic: oldest change not yet applied
         self._pending_paths: set[Path] | None = set()
+        self._writing: set[Path] = set()
+        self._retry_timer: Any = None
         self._full_rescan = True
         self._force_apply = False
         self._phases: dict[str, float] = {}
@@ -134,12 +143,16 @@ class Daemon:
         self.servers: list[Any] = []
 
     # -- change intake -------------------------------------------------------------------------
-    def request_sync(self, paths: set[Path] | None) -> None:
-        """Queue changed paths (None: rescan everything) and wake the runner."""
+    def request_sync(self, paths: set[Path] | None, writing: frozenset[Path] = frozenset()
+                     ) -> None:
+        """Queue changed paths (None: rescan everything) and wake the runner. ``writing``:
+        files the watcher saw modified and not yet closed (their last good version serves
+        until they are)."""
         if paths is None:
             self._full_rescan = True
         elif self._pending_paths is not None:
             self._pending_paths |= paths
+        self._writing = (self._writing - (paths or set())) | set(writing)
         if self.queued_since is None:
             self.queued_since = time.monotonic()
         if self.runner is not None:
@@ -215,9 +228,11 @@ class Daemon:
             self.watcher.reschedule()
         try:
             self._phases = {}
-            computed = self.computer.compute(paths)
+            computed = self.computer.compute(paths, writing=frozenset(self._writing))
             self._phase("compute", start)
             self.last_computed = computed
+            if getattr(computed, "retry", ()):
+                self._retry_soon(set(computed.retry))
             self._apply(computed)
         except Exception:
             # Retry everything that was pending: the runner backs off and calls us again.
@@ -232,6 +247,18 @@ class Daemon:
         if self.queued_since == queued_at:
             self.queued_since = None
         self.last_applied_wall = time.time()
+
+    def _retry_soon(self, paths: set[Path]) -> None:
+        """Files that look half-written are read again shortly (one timer at a time)."""
+        if self._retry_timer is not None and not self._retry_timer.dead:
+            self._retry_paths |= paths
+            return
+        self._retry_paths = set(paths)
+
+        def fire() -> None:
+            self.request_sync(self._retry_paths)
+
+        self._retry_timer = gevent.spawn_later(RETRY_DELAY, fire)
 
     def _phase(self, name: str, since: float) -> float:
         """Record how long a sync phase took (shown in the "sync applied" line, so a slow
@@ -405,6 +432,9 @@ class Daemon:
                 server.stop(timeout=1)
             except Exception:  # noqa: BLE001
                 pass
+        close = getattr(self.computer, "close", None)
+        if close is not None:
+            close()  # the parse worker is killed, never waited for
         self._done.set()
 
     def run_forever(self) -> int:

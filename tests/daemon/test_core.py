@@ -32,7 +32,7 @@ class FakeComputer:
         self.next = Computed(state("a", "b", "c", "d"), None, 4)
         self.calls = []
 
-    def compute(self, paths):
+    def compute(self, paths, writing=frozenset()):
         self.calls.append(paths)
         return self.next
 

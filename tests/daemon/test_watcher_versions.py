@@ -62,7 +62,7 @@ from edgeproxy.daemon.watcher import DirectoryWatcher
 
 root = Path(sys.argv[1]); files = int(sys.argv[2])
 seen = []
-watcher = DirectoryWatcher(root, seen.append)
+watcher = DirectoryWatcher(root, lambda paths, writing=frozenset(): seen.append(paths))
 ready = watcher.start(wait=15)
 gaps = []
 def tick():
