@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgeproxy.model import ListenAddresses, Protocol, ServicePort, ServicePortKey  # noqa: E402
 from edgeproxy.netns import NetNS, netns_unavailable_reason  # noqa: E402
-from edgeproxy.rules.backends import make_backend, namespace_runner  # noqa: E402
+from edgeproxy.rules.backends import make_backend  # noqa: E402
+from edgeproxy.tools import namespace_runner  # noqa: E402
 from edgeproxy.rules.render import render_rules  # noqa: E402
 
 LISTEN = ListenAddresses()

@@ -28,6 +28,17 @@ class FilterMode(str, Enum):
     FILTER_IF_LABEL_DOES_NOT_EXISTS = "FilterIfLabelDoesNotExists"  # only labelled are proxied
 
 
+# The choice lists of the flags and the config file, written once (options, the commands, the
+# backends and cleanup read them; tests/daemon/test_config.py keeps the config schema's enums
+# equal to them). The first filter mode is the default.
+FILTER_MODES: tuple[str, ...] = tuple(mode.value for mode in FilterMode)
+# The rule backends: iptables-restore of the iptables-legacy or iptables-nft flavour, or a
+# table of our own in nftables (rules/backends).
+RULE_BACKENDS = ("legacy", "nft", "nftables")
+# --iptables-backend: one of them, or auto: detect the node's like kube-proxy's images do.
+BACKEND_CHOICES = ("auto", *RULE_BACKENDS)
+
+
 class Protocol(str, Enum):
     TCP = "TCP"
     UDP = "UDP"

@@ -1,13 +1,13 @@
-"""Private network namespaces for `edgeproxy demo`, the end-to-end tests and the benchmarks.
+"""Network namespaces: entering one from a thread (the one way, also for the rule backends'
+in-process kernel reads), and private namespaces for `edgeproxy demo`, the end-to-end tests
+and the benchmarks.
 
-Owns only the namespace primitives: create ``ip netns add <prefix>-<random>`` with loopback up,
-run commands inside it, enter it from a Python thread, connect two namespaces with a veth pair,
-and delete it again (killing whatever still runs inside). Nothing here touches the host's own
-network namespace: every iptables/ip/sysctl call is prefixed with ``ip netns exec``.
-
-The test suite has the same helper in tests/support/netns.py; the package must not import from
-tests/, so the demo carries its own copy (with a registry of live namespaces so a signal handler
-or atexit hook can remove everything the process created).
+`entered` / `enter_for_good` are the only setns(2) calls in edgeproxy. `NetNS` creates
+``ip netns add <prefix>-<random>`` with loopback up, runs commands inside it, connects two
+namespaces with a veth pair and deletes it again (killing whatever still runs inside), keeping
+a registry of live namespaces so a signal handler or atexit hook can remove everything the
+process created. Nothing here touches the host's own network namespace: every iptables/ip/sysctl
+call is prefixed with ``ip netns exec``. tests/support/netns.py re-exports it for the tests.
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ import shutil
 import subprocess
 import threading
 from typing import Iterator, Sequence
-
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 # Every namespace this process created and has not deleted yet (for emergency cleanup).
 _LIVE: dict[str, "NetNS"] = {}
@@ -38,10 +35,43 @@ def netns_unavailable_reason() -> str | None:
     return None
 
 
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def netns_path(name: str) -> str:
+    """Where ``ip netns add NAME`` keeps the namespace."""
+    return f"/run/netns/{name}"
+
+
 def _setns(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+@contextlib.contextmanager
+def entered(name: str | None) -> Iterator[None]:
+    """Run the block with the calling thread inside the named namespace (None: where it is).
+
+    setns moves the calling thread only; sockets made in the block stay in that namespace
+    after it ends. The thread returns to the namespace it came from, or the block's end
+    raises OSError (a thread must never go on in the wrong namespace)."""
+    if name is None:
+        yield
+        return
+    with open("/proc/thread-self/ns/net") as original, open(netns_path(name)) as target:
+        _setns(target.fileno())
+        try:
+            yield
+        finally:
+            _setns(original.fileno())
+
+
+def enter_for_good(name: str) -> None:
+    """Move the calling thread into the named namespace for the rest of its life."""
+    with open(netns_path(name)) as target:
+        _setns(target.fileno())
 
 
 class NetNS:
@@ -49,7 +79,7 @@ class NetNS:
 
     def __init__(self, prefix: str = "ep") -> None:
         self.name = f"{prefix}-{secrets.token_hex(3)}"
-        self.path = f"/run/netns/{self.name}"
+        self.path = netns_path(self.name)
 
     def create(self) -> "NetNS":
         subprocess.run(["ip", "netns", "add", self.name], check=True, capture_output=True)
@@ -94,17 +124,12 @@ class NetNS:
     def entered(self) -> Iterator["NetNS"]:
         """Run the block with the calling thread inside this namespace (sockets made there stay
         there after the block ends)."""
-        with open("/proc/thread-self/ns/net") as original, open(self.path) as target:
-            _setns(target.fileno())
-            try:
-                yield self
-            finally:
-                _setns(original.fileno())
+        with entered(self.name):
+            yield self
 
     def enter_for_good(self) -> None:
         """Move the calling thread into the namespace for the rest of its life (client threads)."""
-        with open(self.path) as target:
-            _setns(target.fileno())
+        enter_for_good(self.name)
 
 
 def veth_pair(left: NetNS, right: NetNS, left_addrs: Sequence[str], right_addrs: Sequence[str],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 
@@ -70,3 +71,19 @@ def test_failed_command_names_the_namespace():
     with NetNS("eptest") as ns:
         with pytest.raises(RuntimeError, match=ns.name):
             ns.run(["ip", "link", "set", "nosuchdev", "up"])
+
+
+def test_entered_by_name_returns_the_thread_and_refuses_a_missing_namespace():
+    from edgeproxy.netns import entered
+
+    own = os.readlink("/proc/thread-self/ns/net")
+    with entered(None):
+        assert os.readlink("/proc/thread-self/ns/net") == own
+    with NetNS("eptest") as ns:
+        with entered(ns.name):
+            assert os.readlink("/proc/thread-self/ns/net") != own
+        assert os.readlink("/proc/thread-self/ns/net") == own
+    with pytest.raises(OSError):
+        with entered("eptest-no-such-namespace"):
+            pass
+    assert os.readlink("/proc/thread-self/ns/net") == own

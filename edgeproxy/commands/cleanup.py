@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-CHOICES = ("all", "auto", "legacy", "nft", "nftables")
+from edgeproxy.model import BACKEND_CHOICES
+
+CHOICES = ("all", *BACKEND_CHOICES)
 
 
 def register(subparsers) -> None:

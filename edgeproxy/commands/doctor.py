@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-BACKENDS = ("auto", "legacy", "nft", "nftables")
+from edgeproxy.model import BACKEND_CHOICES
 
 
 def register(subparsers) -> None:
@@ -14,7 +14,7 @@ def register(subparsers) -> None:
                     "KUBE-SERVICES; chains not empty while services exist; captured services "
                     "answer; no EdgeMesh agent or Cilium socket LB; conntrack installed. "
                     "Exit status 1 when anything is wrong.")
-    p.add_argument("--iptables-backend", default="auto", choices=BACKENDS)
+    p.add_argument("--iptables-backend", default="auto", choices=BACKEND_CHOICES)
     p.add_argument("--healthz-bind-address", default="127.0.0.1:10266", metavar="HOST:PORT")
     p.add_argument("--manifests", metavar="DIR",
                    help="count the service ports here instead of asking the daemon")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-BACKENDS = ("auto", "legacy", "nft", "nftables")
+from edgeproxy.model import BACKEND_CHOICES, FILTER_MODES
 
 
 def register(subparsers) -> None:
@@ -15,12 +15,11 @@ def register(subparsers) -> None:
                     "the allocator's deterministic first choice.")
     p.add_argument("--manifests", default="/etc/edgeproxy", metavar="DIR",
                    help="manifest directory (default /etc/edgeproxy)")
-    p.add_argument("--iptables-backend", default="auto", choices=BACKENDS,
+    p.add_argument("--iptables-backend", default="auto", choices=BACKEND_CHOICES,
                    help="legacy/nft print iptables-restore text, nftables prints nft -f text; "
                         "auto detects (falls back to iptables text when detection fails)")
     p.add_argument("--family", type=int, choices=(4, 6), help="only this address family")
-    p.add_argument("--service-filter-mode", default="FilterIfLabelExists",
-                   choices=("FilterIfLabelExists", "FilterIfLabelDoesNotExists"))
+    p.add_argument("--service-filter-mode", default=FILTER_MODES[0], choices=FILTER_MODES)
     p.add_argument("--state-dir", default="/run/edgeproxy", metavar="DIR",
                    help="where the daemon keeps ports.json (default /run/edgeproxy)")
     p.add_argument("--proxy-port-range", default="61000-64999", metavar="RANGE")

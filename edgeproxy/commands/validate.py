@@ -1,14 +1,15 @@
 """`edgeproxy validate PATH...`: load manifests like the daemon does and report what it would do.
 
 Exit status: 0 every document is valid, 1 any error (including a PATH that does not exist),
-2 usage error (argparse). Only argparse is imported at module level (see cli.py).
+2 usage error (argparse). Only argparse and the (stdlib-only) model are imported at module
+level (see cli.py).
 """
 
 from __future__ import annotations
 
 import argparse
 
-FILTER_MODES = ("FilterIfLabelExists", "FilterIfLabelDoesNotExists")
+from edgeproxy.model import FILTER_MODES
 
 
 def register(subparsers) -> None:

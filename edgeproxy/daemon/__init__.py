@@ -13,6 +13,7 @@ Modules (one responsibility each):
 - `guard`     the mass-removal guard (pure decision).
 - `compute`   loading + validating + building the desired state off the hub (the parse worker
               process reads and parses, the thread pool builds).
+- `views`     what status, metrics and http read of the daemon (Protocols) and its counters.
 - `status`    the /status document and its text rendering (pure).
 - `metrics`   the prometheus-client collector reading plain counters.
 - `http`      the healthz/status and metrics WSGI apps.

@@ -21,9 +21,8 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import gevent
 import gevent.event
@@ -32,28 +31,64 @@ from edgeproxy.daemon import guard, sdnotify
 from edgeproxy.daemon.config import DaemonConfig
 from edgeproxy.daemon.logs import log_event
 from edgeproxy.daemon.runner import BoundedFrequencyRunner
-from edgeproxy.model import DesiredState, FilterMode, ListenAddresses
+from edgeproxy.daemon.views import ComputedView, DaemonCounters, KeeperView, ProxyView
+from edgeproxy.model import DesiredState, FilterMode, ListenAddresses, ServicePort, ServicePortKey
+from edgeproxy.rules.render import RuleSet
 
 log = logging.getLogger("edgeproxy.daemon")
 
-# Sync duration histogram buckets (seconds): from one changed file to a 10,000-service reload.
 RETRY_DELAY = 0.25  # seconds before a probably half-written file is read again
 WATCHER_START_WAIT = 5.0  # seconds; the watcher process is normally ready in ~0.2 s
-SYNC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-@dataclass
-class DaemonCounters:
-    """Plain numbers the collector and /status read (no prometheus objects in the core)."""
+# The parts the Daemon drives (made by its factories: the real ones or a test's fakes). What
+# status, metrics and http read of them is in views.py.
 
-    syncs_total: int = 0
-    sync_errors_total: int = 0
-    holds_total: int = 0
-    config_reloads_total: int = 0   # SIGHUPs whose config file was read and applied
-    config_errors_total: int = 0    # SIGHUPs whose config file was invalid (kept running one)
-    sync_duration_sum: float = 0.0
-    sync_duration_buckets: list[int] = field(default_factory=lambda: [0] * len(SYNC_BUCKETS))
-    last_sync_seconds: float = 0.0
+
+class Computation(ComputedView, Protocol):
+    state: DesiredState
+    file_count: int
+    retry: tuple[Path, ...]  # files that look half-written: read again shortly
+
+
+class Computer(Protocol):
+    filter_mode: FilterMode
+
+    def compute(self, changed: set[Path] | None,
+                writing: frozenset[Path] = frozenset()) -> Computation: ...
+
+    def close(self) -> None: ...
+
+
+class Proxy(ProxyView, Protocol):
+    # Settings a SIGHUP may change; new listeners use them.
+    udp_timeout: float
+    tcp_idle_timeout: float | None
+    drain_grace: float
+    max_connections: int
+
+    def start(self) -> None: ...
+
+    def reconcile(self, ports: Mapping[ServicePortKey, ServicePort]
+                  ) -> Mapping[ServicePortKey, int]: ...
+
+    def sync_routes(self, vips: Iterable[str]) -> object: ...
+
+    def stop(self, grace: float | None = None) -> None: ...
+
+
+class Keeper(KeeperView, Protocol):
+    check_period: float
+
+    def update(self, ruleset: RuleSet) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, cleanup: bool = True) -> object: ...
+
+
+Renderer = Callable[[Mapping[ServicePortKey, ServicePort], Mapping[ServicePortKey, int],
+                     ListenAddresses], RuleSet]
 
 
 def listen_addresses(config: DaemonConfig) -> ListenAddresses:
@@ -87,9 +122,15 @@ def default_factories(config: DaemonConfig) -> dict[str, Callable[[], Any]]:
 
     def keeper():
         from edgeproxy.rules.backends import select_backend
+        from edgeproxy.rules.conntrack import flush_udp_flows
         from edgeproxy.rules.keeper import RuleKeeper
+        from edgeproxy.tools import LocalRunner
 
-        return RuleKeeper(select_backend(config.iptables_backend), check_period=config.sync_period)
+        # Cooperative: the hub keeps forwarding while iptables/nft/conntrack run.
+        run = LocalRunner(cooperative=True)
+        return RuleKeeper(select_backend(config.iptables_backend, run),
+                          check_period=config.sync_period,
+                          flush=lambda targets: flush_udp_flows(targets, run))
 
     def render():
         # Keeps each service port's rules between syncs: one changed Service among 10,000
@@ -114,16 +155,16 @@ class Daemon:
         self.environ = environ
         self.listen = listen_addresses(config)
         self.counters = DaemonCounters()
-        self.computer: Any = None
-        self.proxy: Any = None
-        self.keeper: Any = None
-        self.render: Any = None
+        self.computer: Computer | None = None
+        self.proxy: Proxy | None = None
+        self.keeper: Keeper | None = None
+        self.render: Renderer | None = None
         self.watcher: Any = None
         self.runner: BoundedFrequencyRunner | None = None
         # What is being served (last good) and what the last computation said.
         self.applied: DesiredState = DesiredState(ports={})
-        self.proxy_ports: dict = {}
-        self.last_computed: Any = None
+        self.proxy_ports: dict[ServicePortKey, int] = {}
+        self.last_computed: Computation | None = None
         self.held: guard.GuardDecision | None = None
         self.confirm_requested = False
         self.ready = False
@@ -231,7 +272,7 @@ class Daemon:
             computed = self.computer.compute(paths, writing=frozenset(self._writing))
             self._phase("compute", start)
             self.last_computed = computed
-            if getattr(computed, "retry", ()):
+            if computed.retry:
                 self._retry_soon(set(computed.retry))
             self._apply(computed)
         except Exception:
@@ -242,7 +283,7 @@ class Daemon:
             self.counters.sync_errors_total += 1
             raise
         finally:
-            self._observe(time.monotonic() - start)
+            self.counters.observe_sync(time.monotonic() - start)
             self.last_phases = dict(self._phases)
         if self.queued_since == queued_at:
             self.queued_since = None
@@ -267,16 +308,7 @@ class Daemon:
         self._phases[name] = round(now - since, 3)
         return now
 
-    def _observe(self, seconds: float) -> None:
-        c = self.counters
-        c.syncs_total += 1
-        c.sync_duration_sum += seconds
-        c.last_sync_seconds = seconds
-        for i, bound in enumerate(SYNC_BUCKETS):
-            if seconds <= bound:
-                c.sync_duration_buckets[i] += 1
-
-    def _apply(self, computed: Any) -> None:
+    def _apply(self, computed: Computation) -> None:
         new = computed.state
         confirmed = self.confirm_requested
         decision = guard.evaluate(self.applied.ports, new.ports, self.config.max_removal_ratio,
@@ -320,7 +352,7 @@ class Daemon:
                   removed=removed, errors=len(new.errors), forced=force or None,
                   **{f"{name}_s": took for name, took in self._phases.items()})
 
-    def _sync_routes(self, state: Any) -> None:
+    def _sync_routes(self, state: DesiredState) -> None:
         vips = {vip for sp in state.ports.values() for vip in sp.vips}
         try:
             self.proxy.sync_routes(vips)
@@ -432,9 +464,8 @@ class Daemon:
                 server.stop(timeout=1)
             except Exception:  # noqa: BLE001
                 pass
-        close = getattr(self.computer, "close", None)
-        if close is not None:
-            close()  # the parse worker is killed, never waited for
+        if self.computer is not None:
+            self.computer.close()  # the parse worker is killed, never waited for
         self._done.set()
 
     def run_forever(self) -> int:

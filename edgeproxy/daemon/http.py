@@ -18,6 +18,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from edgeproxy.daemon.metrics import make_registry
 from edgeproxy.daemon.status import build_status
+from edgeproxy.daemon.views import DaemonView
 
 _REASONS = {200: "200 OK", 404: "404 Not Found", 405: "405 Method Not Allowed",
             409: "409 Conflict", 503: "503 Service Unavailable"}
@@ -42,7 +43,7 @@ def _json(start_response: Callable, code: int, body: Any) -> Iterable[bytes]:
     return [data]
 
 
-def healthz_app(daemon: Any) -> Callable:
+def healthz_app(daemon: DaemonView) -> Callable:
     def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
@@ -68,7 +69,7 @@ def healthz_app(daemon: Any) -> Callable:
     return app
 
 
-def metrics_app(daemon: Any) -> Callable:
+def metrics_app(daemon: DaemonView) -> Callable:
     registry = make_registry(daemon)
 
     def app(environ: dict, start_response: Callable) -> Iterable[bytes]:

@@ -7,17 +7,17 @@ prometheus-client. A private registry (not the global one) so tests can build se
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterator
+from typing import Iterator
 
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from edgeproxy.daemon.core import SYNC_BUCKETS
+from edgeproxy.daemon.views import SYNC_BUCKETS, DaemonView
 
 
 class DaemonCollector(Collector):
-    def __init__(self, daemon: Any) -> None:
+    def __init__(self, daemon: DaemonView) -> None:
         self.daemon = daemon
 
     def collect(self) -> Iterator:
@@ -61,14 +61,14 @@ class DaemonCollector(Collector):
                                   value=c.config_errors_total)
         keeper = d.keeper
         yield CounterMetricFamily("edgeproxy_chain_repairs", "Rule/chain repairs made",
-                                  value=getattr(keeper, "repairs_total", 0))
+                                  value=keeper.repairs_total if keeper else 0)
         yield CounterMetricFamily("edgeproxy_rule_apply_errors", "Failed rule applies/checks",
-                                  value=getattr(keeper, "apply_errors_total", 0))
+                                  value=keeper.apply_errors_total if keeper else 0)
         yield CounterMetricFamily("edgeproxy_rule_checks", "Periodic checks of every rule",
-                                  value=getattr(keeper, "checks_total", 0))
+                                  value=keeper.checks_total if keeper else 0)
         yield CounterMetricFamily("edgeproxy_rule_check_seconds",
                                   "Time spent in periodic rule checks and their repairs",
-                                  value=getattr(keeper, "check_seconds_total", 0.0))
+                                  value=keeper.check_seconds_total if keeper else 0.0)
         stats = d.proxy.stats() if d.proxy is not None else {}
         active = GaugeMetricFamily("edgeproxy_active_connections", "Open TCP connections",
                                    labels=["service", "protocol"])
@@ -101,7 +101,7 @@ class DaemonCollector(Collector):
         yield from (active, conns, bytes_, dials, udp, udp_dropped, udp_evicted)
 
 
-def make_registry(daemon: Any) -> CollectorRegistry:
+def make_registry(daemon: DaemonView) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DaemonCollector(daemon))
     return registry

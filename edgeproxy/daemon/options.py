@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from edgeproxy.daemon.durations import DurationError, parse_duration
+from edgeproxy.model import BACKEND_CHOICES, FILTER_MODES
 
-FILTER_MODES = ("FilterIfLabelExists", "FilterIfLabelDoesNotExists")
-BACKENDS = ("auto", "legacy", "nft", "nftables")
 LOG_FORMATS = ("text", "json")
 
 
@@ -148,7 +147,7 @@ OPTIONS: tuple[Option, ...] = (
            choices=FILTER_MODES),
     Option("iptables_backend", "--iptables-backend", "iptablesBackend", "auto", str,
            "rule backend: auto (detect like kube-proxy), legacy, nft or nftables",
-           choices=BACKENDS),
+           choices=BACKEND_CHOICES),
     Option("proxy_port_range", "--proxy-port-range", "proxyPortRange", "61000-64999",
            _port_range,
            "local ports for the proxy listeners, A-B or A+N; '' lets the kernel choose "
@@ -183,7 +182,7 @@ OPTIONS: tuple[Option, ...] = (
            "run as root even when the manifest directory is writable by group/other or owned "
            "by another user (anyone who can write there steers this node's traffic)",
            is_bool=True),
-    Option("trusted_manifest_roots", "--trusted-manifest-roots", "trustedManifestRoots", "",
+    Option("trusted_manifest_roots", "--trusted-manifest-roots", "trustedManifestRoots", [],
            _paths,
            "directories outside the manifest directory that its symlinks may lead into "
            "(comma-separated; default none: a symlink out of the manifest root is refused)",

@@ -1,31 +1,43 @@
 """The /status document (built from the daemon) and its text rendering for `edgeproxy status`.
 
-The document is plain JSON; `render_text` is pure so it is tested without a daemon.
+The document is plain JSON, built from what `views.DaemonView` exposes; `render_text` is pure
+so it is tested without a daemon.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Mapping
+
+from edgeproxy.daemon.views import DaemonView
+from edgeproxy.forwarding.stats import ServiceStats
+from edgeproxy.model import ServicePortKey
+
+_NO_STATS = ServiceStats()  # a service port the forwarder does not (yet) report on
 
 
-def _file_errors(daemon: Any) -> list[dict]:
+def _file_errors(daemon: DaemonView) -> list[dict]:
     computed = daemon.last_computed
     errors = computed.errors if computed is not None else daemon.applied.errors
     return [e.to_dict() for e in errors]
 
 
-def build_status(daemon: Any) -> dict[str, Any]:
-    state = daemon.applied
-    stats = {}
+def _stats(daemon: DaemonView) -> Mapping[ServicePortKey, ServiceStats]:
+    if daemon.proxy is None:
+        return {}
     try:
-        stats = daemon.proxy.stats() if daemon.proxy is not None else {}
+        return daemon.proxy.stats()
     except Exception:  # noqa: BLE001 - status must answer even when a piece misbehaves
-        stats = {}
+        return {}
+
+
+def build_status(daemon: DaemonView) -> dict[str, Any]:
+    state = daemon.applied
+    stats = _stats(daemon)
     services = []
     for key in sorted(state.ports):
         sp = state.ports[key]
-        st = stats.get(key)
+        st = stats.get(key, _NO_STATS)
         services.append({
             "service": key.comment,
             "protocol": key.protocol.value,
@@ -34,10 +46,10 @@ def build_status(daemon: Any) -> dict[str, Any]:
             "endpoints": [str(ep) for ep in sp.endpoints],
             "sessionAffinity": sp.session_affinity,
             "loadBalancer": sp.lb_policy.kind.value,
-            "activeConnections": getattr(st, "active_connections", 0),
-            "connectionsTotal": getattr(st, "connections_total", 0),
-            "udpSessions": getattr(st, "udp_sessions", 0),
-            "dialFailuresTotal": getattr(st, "dial_failures_total", 0),
+            "activeConnections": st.active_connections,
+            "connectionsTotal": st.connections_total,
+            "udpSessions": st.udp_sessions,
+            "dialFailuresTotal": st.dial_failures_total,
         })
     skipped = [{"service": f"{v.namespace}/{v.name}", "reason": v.reason.value if v.reason else None,
                 "source": str(v.source)}
@@ -48,8 +60,8 @@ def build_status(daemon: Any) -> dict[str, Any]:
     return {
         "ready": daemon.ready,
         "manifests": str(daemon.config.manifests),
-        "rootError": getattr(computed, "root_error", None),
-        "backend": getattr(getattr(keeper, "backend", None), "name", None),
+        "rootError": computed.root_error if computed is not None else None,
+        "backend": keeper.backend.name if keeper is not None else None,
         "listen": {"ipv4": daemon.listen.ipv4, "ipv6": daemon.listen.ipv6,
                    "interface": daemon.listen.interface},
         "services": services,
@@ -61,9 +73,9 @@ def build_status(daemon: Any) -> dict[str, Any]:
                   "wouldRemove": held.removed if held else 0,
                   "maxRemovalRatio": daemon.config.max_removal_ratio,
                   "holdsTotal": daemon.counters.holds_total},
-        "repairs": {"total": getattr(keeper, "repairs_total", 0),
-                    "last": list(getattr(keeper, "last_repair_descriptions", []) or []),
-                    "applyErrorsTotal": getattr(keeper, "apply_errors_total", 0)},
+        "repairs": {"total": keeper.repairs_total if keeper is not None else 0,
+                    "last": list(keeper.last_repair_descriptions) if keeper is not None else [],
+                    "applyErrorsTotal": keeper.apply_errors_total if keeper is not None else 0},
         "sync": {"total": daemon.counters.syncs_total,
                  "errorsTotal": daemon.counters.sync_errors_total,
                  "lastDurationSeconds": round(daemon.counters.last_sync_seconds, 6),

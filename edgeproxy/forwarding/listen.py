@@ -9,57 +9,56 @@
   only when ``ip route get VIP`` fails, with ``ip route add`` (never ``replace``: an existing
   route is never overridden), and removed when the VIP is no longer captured. All lookups and
   changes of one sync run in a single `ip -batch` process.
+
+`ip` runs through a cooperative `edgeproxy.tools.LocalRunner` (the forwarder always runs under
+the gevent hub); tests pass a recording `Runner` instead.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import re
-import subprocess
 import time
 from typing import Callable, Iterable, Sequence
 
-from edgeproxy import spawn
 from edgeproxy.model import ListenAddresses
+from edgeproxy.tools import LocalRunner, Result, Runner
 
 log = logging.getLogger(__name__)
 
-Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
-
-
-def run_ip(argv: Sequence[str]) -> "subprocess.CompletedProcess[str]":
-    """Run `ip` without stalling the hub (see edgeproxy.spawn)."""
-    return spawn.run(["ip", *argv], timeout=10)
+IP = LocalRunner(cooperative=True, timeout=10)  # one `ip` command
+IP_BATCH = LocalRunner(cooperative=True, timeout=60)  # `ip -batch`: 10,000 lookups take ~60 ms
 
 
 class InterfaceError(RuntimeError):
     pass
 
 
-def _check(result: "subprocess.CompletedProcess[str]", what: str) -> None:
+def _check(result: Result, what: str) -> None:
     if result.returncode != 0:
         raise InterfaceError(f"{what} failed: {result.stderr.strip() or result.returncode}")
 
 
-def ensure_interface(listen: ListenAddresses, run: Runner = run_ip) -> bool:
+def ensure_interface(listen: ListenAddresses, run: Runner = IP) -> bool:
     """Create/refresh the dummy interface; returns whether IPv6 could be configured."""
     name = listen.interface
-    if run(["link", "show", "dev", name]).returncode != 0:
-        result = run(["link", "add", name, "type", "dummy"])
+    if run(["ip", "link", "show", "dev", name]).returncode != 0:
+        result = run(["ip", "link", "add", name, "type", "dummy"])
         if result.returncode != 0:
             # Kernels built without the dummy driver (some minimal VM/edge kernels): an empty
             # bridge holds addresses and routes the same way and forwards nothing by itself.
             log.warning("cannot create dummy interface %s (%s); using an empty bridge instead",
                         name, result.stderr.strip())
-            _check(run(["link", "add", name, "type", "bridge"]),
+            _check(run(["ip", "link", "add", name, "type", "bridge"]),
                    f"ip link add {name} type dummy|bridge")
-    _check(run(["link", "set", name, "up"]), f"ip link set {name} up")
-    _check(run(["addr", "replace", f"{listen.ipv4}/32", "dev", name]),
+    _check(run(["ip", "link", "set", name, "up"]), f"ip link set {name} up")
+    _check(run(["ip", "addr", "replace", f"{listen.ipv4}/32", "dev", name]),
            f"ip addr replace {listen.ipv4}/32 dev {name}")
     if not listen.ipv6:
         return False
-    result = run(["-6", "addr", "replace", f"{listen.ipv6}/128", "dev", name, "nodad"])
+    result = run(["ip", "-6", "addr", "replace", f"{listen.ipv6}/128", "dev", name, "nodad"])
     if result.returncode != 0:
         log.warning("IPv6 listen address %s not configured (%s); IPv6 services are not proxied",
                     listen.ipv6, result.stderr.strip())
@@ -67,9 +66,9 @@ def ensure_interface(listen: ListenAddresses, run: Runner = run_ip) -> bool:
     return True
 
 
-def remove_interface(listen: ListenAddresses, run: Runner = run_ip) -> None:
-    if run(["link", "show", "dev", listen.interface]).returncode == 0:
-        run(["link", "del", listen.interface])
+def remove_interface(listen: ListenAddresses, run: Runner = IP) -> None:
+    if run(["ip", "link", "show", "dev", listen.interface]).returncode == 0:
+        run(["ip", "link", "del", listen.interface])
 
 
 def _host_prefix(vip: str) -> str:
@@ -82,7 +81,7 @@ BatchRunner = Callable[[Sequence[Sequence[str]]], list[str | None]]
 _FAILED_LINE = re.compile(r"^Command failed -:(\d+)\s*$")
 
 
-def run_ip_batch(commands: Sequence[Sequence[str]]) -> list[str | None]:
+def run_ip_batch(commands: Sequence[Sequence[str]], run: Runner = IP_BATCH) -> list[str | None]:
     """Run many `ip` commands in one process (``ip -force -batch -``): 10,000 route lookups
     take ~60 ms this way instead of ~20 s as separate processes. Returns, per command, None
     on success or its error message. Batch lines cannot carry ``-6``: ip infers the family
@@ -90,7 +89,7 @@ def run_ip_batch(commands: Sequence[Sequence[str]]) -> list[str | None]:
     if not commands:
         return []
     text = "".join(" ".join(argv) + "\n" for argv in commands)
-    result = spawn.run(["ip", "-force", "-batch", "-"], input=text, timeout=60)
+    result = run(["ip", "-force", "-batch", "-"], input=text)
     outcome: list[str | None] = [None] * len(commands)
     message: list[str] = []
     for line in result.stderr.splitlines():
@@ -119,12 +118,12 @@ class RouteKeeper:
     added but someone removed are added again.
     """
 
-    def __init__(self, listen: ListenAddresses, run: Runner = run_ip,
-                 run_batch: BatchRunner = run_ip_batch, recheck_interval: float = 30.0,
+    def __init__(self, listen: ListenAddresses, run: Runner = IP,
+                 run_batch: BatchRunner | None = None, recheck_interval: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.listen = listen
         self.run = run
-        self.run_batch = run_batch
+        self.run_batch = run_batch or functools.partial(run_ip_batch, run=IP_BATCH)
         self.recheck_interval = recheck_interval
         self.clock = clock
         self.added: set[str] = set()
@@ -135,7 +134,7 @@ class RouteKeeper:
         """The host routes on our interface (None when they cannot be listed)."""
         found: set[str] = set()
         for family in ("-4", "-6"):
-            result = self.run([family, "-o", "route", "show", "dev", self.listen.interface])
+            result = self.run(["ip", family, "-o", "route", "show", "dev", self.listen.interface])
             if result.returncode != 0:
                 return None
             for line in result.stdout.splitlines():

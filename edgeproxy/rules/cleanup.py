@@ -6,8 +6,11 @@ conntrack entries are deleted, so DNS flows fall back to kube-proxy at once.
 
 from __future__ import annotations
 
+from edgeproxy.model import RULE_BACKENDS
+from edgeproxy.tools import Runner
+
 from .backends import make_backend
-from .backends.base import BackendError, CleanupReport, Runner
+from .backends.base import BackendError, CleanupReport
 from .conntrack import flush_udp_flows
 from .render import OWN_CHAINS
 
@@ -31,7 +34,7 @@ def cleanup_all(which: str = "all", runner: Runner | None = None) -> CleanupRepo
         from .backends.detect import detect
         names = [detect(runner)[0]]
     elif which == "all":
-        names = ["legacy", "nft", "nftables"]
+        names = list(RULE_BACKENDS)
     else:
         names = [which]
     report = CleanupReport()

@@ -14,7 +14,7 @@ import logging
 import re
 from typing import Iterable
 
-from .backends.base import LocalRunner, Runner
+from edgeproxy.tools import LocalRunner, Runner
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Callable
 
 from .backends import make_backend
-from .backends.base import BackendError, LocalRunner, Runner
+from edgeproxy.tools import LocalRunner, Runner
+
+from .backends.base import BackendError
 from .backends.detect import detect
 from .render import NFT_TABLE, PORTALS_CONTAINER
 

@@ -15,15 +15,13 @@ runs every second needs far less:
   the rules found them right.
 
 The socket is opened in the namespace of the runner (tests and benchmarks run the backends in a
-namespace of their own): the calling thread enters it just for ``socket()``; a netlink socket
-stays bound to the namespace it was created in. Every error returns None and the caller falls
+namespace of their own): the calling thread enters it (`edgeproxy.netns.entered`) just for
+``socket()``; a netlink socket stays bound to the namespace it was created in. Every error returns None and the caller falls
 back to its full check, so this module can only make a check cheaper, never skip one wrongly.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import errno
 import hashlib
 import os
@@ -31,7 +29,9 @@ import re
 import _socket
 import socket
 import struct
-from typing import Iterable, Iterator
+from typing import Iterable
+
+from edgeproxy.netns import entered
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
@@ -46,7 +46,6 @@ NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
 NFPROTO = {4: 2, 6: 10}  # NFPROTO_IPV4, NFPROTO_IPV6
-CLONE_NEWNET = 0x40000000
 MAX_DUMP_BYTES = 64 << 20  # bound on one dump (20,000 of our rules are ~6 MB)
 RECV_TIMEOUT = 5.0  # seconds; a dump of a large table arrives in well under one
 
@@ -55,27 +54,12 @@ _NFGEN = struct.Struct("=BBH")  # nfgenmsg: family, version, res_id
 _seq = 0
 
 
-@contextlib.contextmanager
-def _in_netns(netns: str | None) -> Iterator[None]:
-    if netns is None:
-        yield
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    with open("/proc/thread-self/ns/net") as original, open(f"/run/netns/{netns}") as target:
-        if libc.setns(target.fileno(), CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        try:
-            yield
-        finally:
-            libc.setns(original.fileno(), CLONE_NEWNET)
-
-
 def _open(netns: str | None) -> "_socket.socket":
     """A netlink socket of the namespace ``netns``, from the C ``_socket`` module, which
     gevent's monkey-patching leaves alone: these reads run in a native thread of gevent's pool
     (backends/base.py `off_hub`), where a cooperative socket would need a hub of its own."""
     # setns affects the calling thread only, and only until the socket exists.
-    with _in_netns(netns):
+    with entered(netns):
         sock = _socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     try:
         sock.settimeout(RECV_TIMEOUT)

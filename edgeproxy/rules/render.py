@@ -10,6 +10,11 @@ answers from the wrong source) and would need route_localnet from PREROUTING (CV
 
 Rules are written in the order iptables-save prints them (base options, then matches in
 insertion order, then the target), so golden files read like a real dump of the table.
+
+Both forms come from the same model: `render_service` makes one `Capture` per captured
+destination (what it is: a cluster IP, an external IP or a NodePort, and where it goes) along
+with its iptables rule specs; the nftables table (`RuleSet.nft_text`) is rendered from the
+captures, not by translating the iptables tokens.
 """
 
 from __future__ import annotations
@@ -75,9 +80,16 @@ JUMPS: tuple[Jump, ...] = (
 )
 
 
+# What a capture is, which decides its rules (kube-proxy userspace's rule forms).
+CLUSTER_IP = "cluster-ip"  # a ClusterIP or load-balancer ingress IP: both paths, unconditional
+EXTERNAL_IP = "external-ip"  # from pods when not bridged or local; from the host when local
+NODE_PORT = "node-port"  # any local address, in the NodePort chains
+
+
 @dataclass(frozen=True)
 class Capture:
-    """One destination the rules capture, for UDP conntrack flushing and the tracer.
+    """One destination the rules capture: the model both rule forms are rendered from, and
+    what UDP conntrack flushing and the tracer read.
 
     ``ip`` is None for a NodePort (any local address)."""
 
@@ -87,6 +99,27 @@ class Capture:
     port: int
     destination: str  # DNAT target, "169.254.96.17:61000" or "[fd65::1]:61000"
     key: ServicePortKey
+    kind: str = CLUSTER_IP  # CLUSTER_IP | EXTERNAL_IP | NODE_PORT
+
+    def nft_rules(self, addr: str) -> list[tuple[str, str, str | None]]:
+        """(chain, rule, unless) of this capture in the nftables table (``addr``: "ip daddr"
+        or "ip6 daddr"); the rule is left out when the rule ``unless`` is in its chain too.
+
+        ``-m physdev ! --physdev-is-in`` has no nft equivalent without br_netfilter's meta
+        keys, so an external IP is captured unconditionally in the container path (see
+        docs/rules.md), where its ``-m addrtype --dst-type LOCAL`` twin adds nothing; the host
+        path keeps ``fib daddr type local``, which adds nothing either when the same address
+        is also a cluster IP of the service port (captured unconditionally)."""
+        tail = f'dnat to {self.destination} comment "{self.key.comment}"'
+        if self.kind == NODE_PORT:
+            rule = f"{self.protocol} dport {self.port} {tail}"
+            return [(NODEPORT_CONTAINER, rule, None), (NODEPORT_HOST, rule, None)]
+        match = f"{addr} {self.ip} {self.protocol} dport {self.port}"
+        always = f"{match} {tail}"
+        if self.kind == EXTERNAL_IP:
+            return [(PORTALS_CONTAINER, always, None),
+                    (PORTALS_HOST, f"{match} fib daddr type local {tail}", always)]
+        return [(PORTALS_CONTAINER, always, None), (PORTALS_HOST, always, None)]
 
 
 @dataclass(frozen=True)
@@ -186,86 +219,58 @@ class RuleSet:
     def nft_chain_rules(self, family: int) -> dict[str, list[str]]:
         """The rule lines of each chain of the nft table as rendered (``nft list table``
         prints those of our KUBE-* chains identically)."""
-        key = ("nft-rules", family)
-        rules = self._lines.get(key)
-        if rules is None:
-            rules = self._lines[key] = parse_nft_chains(self._nft_body(family))
-        return rules
+        return {name: rules for name, _, rules in self._nft_chains(family)}
+
+    def _nft_chains(self, family: int) -> list[tuple[str, str | None, list[str]]]:
+        """(name, base-chain ``type`` line or None, rules) of every chain of the nft table."""
+        key = ("nft-chains", family)
+        chains = self._lines.get(key)
+        if chains is None:
+            chains = self._lines[key] = _nft_chains(self, family)
+        return chains
 
     def _nft_body(self, family: int) -> str:
-        addr = "ip daddr" if family == 4 else "ip6 daddr"
-        listen = self.listen.ipv4 if family == 4 else self.listen.ipv6
-        prio = str(-100 + NFT_PRIORITY_OFFSET)  # dstnat (-100) - 10; "dstnat" is prerouting-only
-        out = [
-            "\tchain prerouting {",
-            f"\t\ttype nat hook prerouting priority {prio}; policy accept;",
-            f'\t\tjump {PORTALS_CONTAINER} comment "{PORTALS_COMMENT}"',
-            f'\t\tfib daddr type local jump {NODEPORT_CONTAINER} comment "{NODEPORT_COMMENT}"',
-            "\t}",
-            "\tchain output {",
-            f"\t\ttype nat hook output priority {prio}; policy accept;",
-            f'\t\tjump {PORTALS_HOST} comment "{PORTALS_COMMENT}"',
-            f'\t\tfib daddr type local jump {NODEPORT_HOST} comment "{NODEPORT_COMMENT}"',
-            "\t}",
-            "\tchain input {",
-            "\t\ttype filter hook input priority filter - 10; policy accept;",
-        ]
-        if listen:
-            out.append(f'\t\t{addr} {listen} ct status & dnat == 0 drop comment "{GUARD_COMMENT}"')
-        out.append("\t}")
-        by_chain: dict[str, list[str]] = {c: [] for c in OWN_CHAINS["nat"]}
-        for name, rules in self.chain_rules(family, "nat").items():
-            for spec in rules:
-                by_chain[name].append(_nft_rule(spec, addr))
-        for name, rules in by_chain.items():
-            out.append(f"\tchain {name} {{")
-            # The container path's physdev rule became unconditional in nft, which makes its
-            # addrtype twin redundant: keep one.
-            kept = [r for r in dict.fromkeys(rules)
-                    if " fib daddr type local" not in r
-                    or r.replace(" fib daddr type local", "") not in rules]
-            out += [f"\t\t{r}" for r in kept]
-            out.append("\t}")
-        return "\n".join(out) + "\n"
+        key = ("nft-body", family)
+        body = self._lines.get(key)
+        if body is None:
+            out = []
+            for name, hook, rules in self._nft_chains(family):
+                out.append(f"\tchain {name} {{")
+                if hook is not None:
+                    out.append(f"\t\t{hook}")
+                out += [f"\t\t{rule}" for rule in rules]
+                out.append("\t}")
+            body = self._lines[key] = "\n".join(out) + "\n"
+        return body
 
 
-def parse_nft_chains(listing: str) -> dict[str, list[str]]:
-    """Rule lines per chain of an nft table body or ``nft list table`` output (stripped; the
-    table's ``comment`` and a base chain's ``type`` line are not rules)."""
-    result: dict[str, list[str]] = {}
-    chain: str | None = None
-    for line in listing.splitlines():
-        s = line.strip()
-        if s.startswith("chain ") and s.endswith("{"):
-            chain = s.split()[1]
-            result[chain] = []
-        elif s == "}":
-            chain = None
-        elif chain is not None and s and not s.startswith("type "):
-            result[chain].append(s)
-    return result
-
-
-def _nft_rule(spec: tuple[str, ...], addr: str) -> str:
-    """Translate one of our DNAT rule specs to nft syntax.
-
-    ``-m physdev ! --physdev-is-in`` has no nft equivalent without br_netfilter's meta keys,
-    so the external-IP rule of the container path becomes unconditional (see docs/rules.md);
-    ``-m addrtype --dst-type LOCAL`` becomes ``fib daddr type local``.
-    """
-    parts = []
-    toks = list(spec)
-    get = lambda flag: toks[toks.index(flag) + 1] if flag in toks else None  # noqa: E731
-    dst = get("-d")
-    proto = get("-p")
-    if dst:
-        parts.append(f"{addr} {dst.split('/')[0]}")
-    parts.append(f"{proto} dport {get('--dport')}")
-    if "addrtype" in toks:
-        parts.append("fib daddr type local")
-    parts.append(f"dnat to {get('--to-destination')}")
-    parts.append(f'comment "{get("--comment")}"')
-    return " ".join(parts)
+def _nft_chains(ruleset: RuleSet, family: int) -> list[tuple[str, str | None, list[str]]]:
+    """The nftables table of ``family``: base chains hooking prerouting/output at dstnat - 10
+    (before kube-proxy's nftables chains) and input (the listen guard), then our KUBE-* chains
+    with every capture's rules in key order."""
+    addr = "ip daddr" if family == 4 else "ip6 daddr"
+    listen = ruleset.listen.ipv4 if family == 4 else ruleset.listen.ipv6
+    prio = str(-100 + NFT_PRIORITY_OFFSET)  # dstnat (-100) - 10; "dstnat" is prerouting-only
+    guard = [f'{addr} {listen} ct status & dnat == 0 drop comment "{GUARD_COMMENT}"'] \
+        if listen else []
+    chains: list[tuple[str, str | None, list[str]]] = [
+        ("prerouting", f"type nat hook prerouting priority {prio}; policy accept;",
+         [f'jump {PORTALS_CONTAINER} comment "{PORTALS_COMMENT}"',
+          f'fib daddr type local jump {NODEPORT_CONTAINER} comment "{NODEPORT_COMMENT}"']),
+        ("output", f"type nat hook output priority {prio}; policy accept;",
+         [f'jump {PORTALS_HOST} comment "{PORTALS_COMMENT}"',
+          f'fib daddr type local jump {NODEPORT_HOST} comment "{NODEPORT_COMMENT}"']),
+        ("input", "type filter hook input priority filter - 10; policy accept;", guard),
+    ]
+    # Each rule once per chain: one service port may capture an address twice (a ClusterIP
+    # also listed as an external IP), which iptables keeps as two rules.
+    own: dict[str, dict[str, str | None]] = {c: {} for c in OWN_CHAINS["nat"]}
+    for capture in ruleset.captures:
+        if capture.family == family:
+            for chain, rule, unless in capture.nft_rules(addr):
+                own[chain].setdefault(rule, unless)
+    return chains + [(name, None, [r for r, unless in rules.items() if unless not in rules])
+                     for name, rules in own.items()]
 
 
 def _family(ip: str) -> int:
@@ -338,14 +343,14 @@ def render_service(key: ServicePortKey, sp: ServicePort, proxy_port: int | None,
             rules.append((container, dnat(eip, sp.port, "-m", "addrtype", "--dst-type",
                                           "LOCAL")))
             rules.append((host, dnat(eip, sp.port, "-m", "addrtype", "--dst-type", "LOCAL")))
-            captures.append(Capture(fam, proto, eip, sp.port, dest, key))
+            captures.append(Capture(fam, proto, eip, sp.port, dest, key, EXTERNAL_IP))
         if sp.node_port:
             rules.append(((fam, "nat", NODEPORT_CONTAINER), dnat(None, sp.node_port)))
             rules.append(((fam, "nat", NODEPORT_HOST), dnat(None, sp.node_port)))
             rules.append(((fam, "filter", NODEPORT_NON_LOCAL),
                           ("-d", _host(listen_ip), "-p", proto, "-m", "comment", "--comment",
                            comment, "-m", proto, "--dport", str(proxy_port), "-j", "ACCEPT")))
-            captures.append(Capture(fam, proto, None, sp.node_port, dest, key))
+            captures.append(Capture(fam, proto, None, sp.node_port, dest, key, NODE_PORT))
     return ServiceRules(tuple(rules), tuple(captures), tuple(skipped), frozenset(families))
 
 

@@ -22,7 +22,7 @@ import hashlib
 import socket
 import struct
 
-from .nfnetlink import _in_netns
+from edgeproxy.netns import entered
 
 SO_GET_INFO = 64  # IPT_SO_GET_INFO == IP6T_SO_GET_INFO
 SO_GET_ENTRIES = 65
@@ -51,7 +51,7 @@ def table_digest(family: int, table: str, netns: str | None = None) -> str | Non
         return None  # i386 lays the structs out otherwise; iptables-legacy-save knows how
     af, level, proc_name, next_at, counters_at, header = FAMILY[family]
     try:
-        with _in_netns(netns):
+        with entered(netns):
             with open(f"/proc/thread-self/net/{proc_name}") as names:
                 if table not in names.read().split():
                     return "absent"

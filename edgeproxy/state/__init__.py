@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .builder import build_state
+from .builder import BuildCache, build_state
 
-__all__ = ["build_state"]
+__all__ = ["BuildCache", "build_state"]

@@ -1,6 +1,7 @@
 """The desired state: validated objects in, ``DesiredState`` (what to proxy, and why not) out.
 
-Pure: no I/O, deterministic for a given set of objects whatever their order. It owns
+`build_state` is pure: no I/O, and for a given set of objects the same state whatever their
+order, whether or not a `BuildCache` is passed. It owns
 * duplicate objects: the same kind/namespace/name twice -> the one with the smallest
   (file path, document index) wins, the others are reported as conflicts and ignored
   (a Service that loses is listed with reason ``conflict``);
@@ -18,17 +19,19 @@ Pure: no I/O, deterministic for a given set of objects whatever their order. It 
 Speed: a reload after one changed file must not redo the work for 10,000 unchanged services.
 The per-service result is a pure function of (Service object, its slices or Endpoints object,
 its DestinationRule, filter mode); the catalog hands out the same object instances for
-unchanged files, so results are memoized by object identity (``_Memo``), and only the cheap
-global passes (grouping, duplicate and VIP-conflict detection) run over everything.
+unchanged files (``KubeObject`` compares and hashes by identity), so a `BuildCache` kept by the
+caller between builds (the daemon's ``StateComputer``) remembers each Service's result and each
+file chunk's, and only the cheap global passes (grouping, duplicate and VIP-conflict detection)
+run over everything. The cache changes how fast a build is, never what it returns.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter
-from typing import Iterable
+from typing import Iterable, Mapping, NamedTuple
 
 from edgeproxy.model import (
     DEFAULT_AFFINITY_TIMEOUT_SECONDS,
@@ -57,6 +60,9 @@ from .filtering import PROXIED_PROTOCOLS, service_vips, verdict_reason
 _ORDER = attrgetter("order")
 _USED_KINDS = ("Service", "Endpoints", "EndpointSlice", "DestinationRule")
 
+Ident = tuple[str, str]  # (namespace, name)
+Chunk = tuple[KubeObject, ...]
+
 
 @dataclass(frozen=True)
 class _ServiceResult:
@@ -75,14 +81,15 @@ class _ServiceResult:
 class ChunkedObjects(tuple):
     """A tuple of objects that also knows its chunks (one per file, in path order).
 
-    The catalog hands these out, chunks in file-path order; a chunk is the very same tuple while its file is unchanged.
-    ``build_state`` then redoes its grouping only for changed chunks and reuses whole chunks'
-    results: touching 20,000 cold objects costs more than the 50 ms a one-file reload may take.
+    The catalog hands these out, chunks in file-path order; a chunk is the very same tuple while
+    its file is unchanged. ``build_state`` with a cache then redoes its grouping only for
+    changed chunks and reuses whole chunks' results: touching 20,000 cold objects costs more
+    than the 50 ms a one-file reload may take.
     """
 
-    chunks: tuple[tuple[KubeObject, ...], ...]
+    chunks: tuple[Chunk, ...]
 
-    def __new__(cls, chunks: Iterable[tuple[KubeObject, ...]]) -> "ChunkedObjects":
+    def __new__(cls, chunks: Iterable[Chunk]) -> "ChunkedObjects":
         chunks = tuple(chunks)
         self = super().__new__(cls, chain.from_iterable(chunks))
         self.chunks = chunks
@@ -93,37 +100,62 @@ class ChunkedObjects(tuple):
 class _Groups:
     """Objects grouped by kind and (namespace, name); the first step of every build."""
 
-    winners: dict[str, dict[tuple[str, str], KubeObject]]
+    winners: dict[str, dict[Ident, KubeObject]]
     losers: list[KubeObject]
     ignored: dict[str, int]
-    slices: dict[tuple[str, str], list[KubeObject]]  # (namespace, service) -> slices
+    slices: Mapping[Ident, list[KubeObject]] | "_SlicesView"  # (namespace, service) -> slices
+
+
+class _Deps(NamedTuple):
+    """What one Service's result depends on besides the Service itself (a tuple: compared
+    for every cached Service on every build, at C speed)."""
+
+    filter_mode: FilterMode
+    slices: tuple[KubeObject, ...]
+    endpoints: KubeObject | None
+    rule: KubeObject | None
+
+
+class _CachedService(NamedTuple):
+    deps: _Deps
+    result: _ServiceResult
+
+
+@dataclass(frozen=True)
+class _ChunkResult:
+    """A chunk's contribution to a build in which none of its services had a VIP conflict."""
+
+    filter_mode: FilterMode
+    ports: dict[ServicePortKey, ServicePort]
+    claims: dict[str, ServicePort]
+    verdicts: tuple[ServiceVerdict, ...]
 
 
 @dataclass
 class _Chunk:
     """What one chunk contributed to the previous build (see ``ChunkedObjects``)."""
 
-    objects: tuple[KubeObject, ...]
+    objects: Chunk
     groups: _Groups
     services: list[KubeObject]  # sorted by source
     tables: list[tuple[str, dict]]  # the non-empty winners tables
-    idents: set[tuple[str, str]]  # every (namespace, name) its objects may affect
-    # (filter mode, ports, claims, verdicts) when the chunk's services had no VIP conflict
-    result: tuple | None = None
+    idents: set[Ident]  # every (namespace, name) its objects may affect
+    result: _ChunkResult | None = None
 
 
-class _Memo:
-    """Results of the previous build: per Service (by identity) and per chunk."""
+@dataclass
+class BuildCache:
+    """What the previous build derived, for the next build to reuse; owned by one caller.
 
-    def __init__(self) -> None:
-        self.entries: dict[int, tuple] = {}
-        self.chunks: dict[int, _Chunk] = {}
+    Keys are the objects themselves: ``KubeObject`` and the catalog's chunk tuples of them hash
+    by identity of their objects, so an entry is found exactly while the catalog hands out the
+    same instances. Not for concurrent builds: each caller (the daemon's ``StateComputer``,
+    whose syncs are serial) keeps its own.
+    """
 
+    services: dict[KubeObject, _CachedService] = field(default_factory=dict)
+    chunks: dict[Chunk, _Chunk] = field(default_factory=dict)
 
-_memo = _Memo()
-# One token: whoever pops it uses the shared memo; a concurrent caller (the daemon computes in
-# a native thread) gets a private, empty one instead of corrupting it. list.pop is atomic.
-_memo_token = [True]
 
 def _policy(rule: KubeObject | None) -> LoadBalancerPolicy:
     if rule is None:
@@ -188,22 +220,21 @@ def _all_keys(svc: KubeObject) -> tuple[ServicePortKey, ...]:
     return tuple(keys)
 
 
-def _compute(svc: KubeObject, mode: FilterMode, slices: tuple, endpoints: KubeObject | None,
-             rule: KubeObject | None) -> _ServiceResult:
-    reason = verdict_reason(svc.body, mode)
+def _compute(svc: KubeObject, deps: _Deps) -> _ServiceResult:
+    reason = verdict_reason(svc.body, deps.filter_mode)
     all_keys = _all_keys(svc)
     if reason is not None:
         verdict = ServiceVerdict(svc.source, svc.namespace, svc.name, Verdict.SKIP, reason,
                                  all_keys)
         return _ServiceResult(verdict, (), (), {}, {})
     spec = svc.body.get("spec") or {}
-    if slices:
-        backends = _slice_endpoints(slices)
-    elif endpoints is not None:
-        backends = _endpoints_endpoints(endpoints)
+    if deps.slices:
+        backends = _slice_endpoints(deps.slices)
+    elif deps.endpoints is not None:
+        backends = _endpoints_endpoints(deps.endpoints)
     else:
         backends = {}
-    policy = _policy(rule)
+    policy = _policy(deps.rule)
     affinity = spec.get("sessionAffinity") == "ClientIP"
     timeout = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get(
         "timeoutSeconds") or DEFAULT_AFFINITY_TIMEOUT_SECONDS
@@ -237,22 +268,19 @@ def _hostport(ip: str, port: int) -> str:
 
 def build_state(objects: Iterable[KubeObject],
                 filter_mode: FilterMode = FilterMode.FILTER_IF_LABEL_EXISTS,
-                errors: Iterable[ManifestError] = ()) -> DesiredState:
-    """The desired state of a set of validated objects (see the module docstring)."""
-    try:
-        _memo_token.pop()
-    except IndexError:
-        with gc_paused():
-            return _build(_Memo(), objects, FilterMode(filter_mode), tuple(errors))
-    try:
-        with gc_paused():
-            return _build(_memo, objects, FilterMode(filter_mode), tuple(errors))
-    finally:
-        _memo_token.append(True)
+                errors: Iterable[ManifestError] = (),
+                cache: BuildCache | None = None) -> DesiredState:
+    """The desired state of a set of validated objects (see the module docstring).
+
+    ``cache``: what the caller's previous build left, reused and updated in place; without
+    one every result is computed afresh."""
+    with gc_paused():
+        return _Build(cache if cache is not None else BuildCache(), FilterMode(filter_mode)
+                      ).run(objects, tuple(errors))
 
 
 def _group(objects: Iterable[KubeObject]) -> _Groups:
-    winners: dict[str, dict[tuple[str, str], KubeObject]] = {k: {} for k in _USED_KINDS}
+    winners: dict[str, dict[Ident, KubeObject]] = {k: {} for k in _USED_KINDS}
     losers: list[KubeObject] = []
     ignored: dict[str, int] = defaultdict(int)
     for obj in objects:
@@ -268,7 +296,7 @@ def _group(objects: Iterable[KubeObject]) -> _Groups:
         if obj.order < first.order:  # whatever the input order, the smaller source wins
             table[key], first, obj = obj, obj, first
         losers.append(obj)
-    slices: dict[tuple[str, str], list[KubeObject]] = defaultdict(list)
+    slices: dict[Ident, list[KubeObject]] = defaultdict(list)
     for s in winners["EndpointSlice"].values():
         labels = (s.body.get("metadata") or {}).get("labels")
         owner = labels.get(SERVICE_NAME_LABEL) if labels else None
@@ -277,7 +305,7 @@ def _group(objects: Iterable[KubeObject]) -> _Groups:
     return _Groups(winners, losers, dict(ignored), slices)
 
 
-def _chunk(objects: tuple[KubeObject, ...]) -> _Chunk:
+def _chunk(objects: Chunk) -> _Chunk:
     groups = _group(objects)
     idents = {key for table in groups.winners.values() for key in table}
     idents.update(groups.slices)
@@ -286,25 +314,25 @@ def _chunk(objects: tuple[KubeObject, ...]) -> _Chunk:
                   tables, idents)
 
 
-def _merge_chunks(memo: _Memo, chunks: tuple[tuple[KubeObject, ...], ...]) -> tuple[_Groups, list[_Chunk],
-                                                                        set] | None:
+def _merge_chunks(cache: BuildCache, chunks: tuple[Chunk, ...]
+                  ) -> tuple[_Groups, list[_Chunk], set[Ident]] | None:
     """Merged groups, the chunks and the dirty idents; None when duplicates need the full path."""
-    previous = memo.chunks
-    current: dict[int, _Chunk] = {}
+    previous = cache.chunks
+    current: dict[Chunk, _Chunk] = {}
     parts: list[_Chunk] = []
-    dirty: set[tuple[str, str]] = set()
+    dirty: set[Ident] = set()
     for objects in chunks:
-        part = previous.get(id(objects))
-        if part is None or part.objects is not objects:
+        part = previous.get(objects)
+        if part is None:
             part = _chunk(objects)
             dirty |= part.idents
-        current[id(objects)] = part
+        current[objects] = part
         parts.append(part)
     for key, part in previous.items():
         if current.get(key) is not part:
             dirty |= part.idents  # a removed or replaced chunk
-    memo.chunks = current
-    winners: dict[str, dict[tuple[str, str], KubeObject]] = {k: {} for k in _USED_KINDS}
+    cache.chunks = current
+    winners: dict[str, dict[Ident, KubeObject]] = {k: {} for k in _USED_KINDS}
     ignored: dict[str, int] = defaultdict(int)
     with_slices: list[dict] = []
     for part in parts:
@@ -319,11 +347,10 @@ def _merge_chunks(memo: _Memo, chunks: tuple[tuple[KubeObject, ...], ...]) -> tu
         for kind, count in part.groups.ignored.items():
             ignored[kind] += count
         if part.groups.slices:
-            with_slices.append(part.groups.slices)
+            with_slices.append(part.groups.slices)  # type: ignore[arg-type]
     # Slices are looked up only for services being recomputed: a lazy view over the chunks
     # (one Service's slices may be spread over several files) instead of a merged dict.
-    slices = _SlicesView(with_slices)
-    return _Groups(winners, [], dict(ignored), slices), parts, dirty
+    return _Groups(winners, [], dict(ignored), _SlicesView(with_slices)), parts, dirty
 
 
 class _SlicesView:
@@ -332,7 +359,7 @@ class _SlicesView:
     def __init__(self, maps: list[dict]) -> None:
         self.maps = maps
 
-    def get(self, ident: tuple[str, str], default=None):
+    def get(self, ident: Ident, default=None):
         found = [s for m in self.maps for s in m.get(ident, ())]
         return found or default
 
@@ -345,122 +372,154 @@ def _fall_back(parts: list[_Chunk]) -> None:
     return None
 
 
-def _build(memo: _Memo, objects: Iterable[KubeObject], filter_mode: FilterMode,
-           errors: tuple[ManifestError, ...]) -> DesiredState:
-    merged = None
-    if isinstance(objects, ChunkedObjects):
-        merged = _merge_chunks(memo, objects.chunks)
-    if merged is not None:
-        groups, parts, dirty = merged
-        batches = [(part.services, part) for part in parts]
-    else:
-        groups = _group(objects)
-        batches = [(sorted(groups.winners["Service"].values(), key=_ORDER), None)]
-        dirty = set()
-    conflicts: list[Conflict] = []
-    for obj in sorted(groups.losers, key=_ORDER):
-        first = groups.winners[obj.kind][(obj.namespace, obj.name)]
-        conflicts.append(Conflict(f"{obj.kind} {obj.namespace}/{obj.name} defined twice",
-                                  first.source, obj.source))
-    endpoints = groups.winners["Endpoints"]
-    rules = groups.winners["DestinationRule"]
-    slices_by_service = groups.slices
+class _Build:
+    """One run of `build_state`: the assembly of per-service results into one state."""
 
-    verdicts: list[ServiceVerdict] = []
-    needs_sort = False
-    for obj in groups.losers:
-        if obj.kind == "Service":
-            needs_sort = True
-            verdicts.append(ServiceVerdict(obj.source, obj.namespace, obj.name, Verdict.SKIP,
-                                           SkipReason.CONFLICT, _all_keys(obj)))
-    ports: dict[ServicePortKey, ServicePort] = {}
-    claims: dict[str, ServicePort] = {}
-    memo_entries: dict[int, tuple] = {} if merged is None else memo.entries
-    no_slices: tuple = ()
-    memo_get = memo.entries.get
-    for services, part in batches:
-        if part is not None and part.result is not None and part.result[0] == filter_mode \
-                and part.idents.isdisjoint(dirty) \
-                and claims.keys().isdisjoint(part.result[2]):
-            # Nothing this chunk's services depend on changed: reuse its whole result.
-            ports.update(part.result[1])
-            claims.update(part.result[2])
-            verdicts.extend(part.result[3])
-            continue
-        chunk_ports: dict = {}
-        chunk_claims: dict = {}
-        chunk_verdicts: list[ServiceVerdict] = []
+    def __init__(self, cache: BuildCache, filter_mode: FilterMode) -> None:
+        self.cache = cache
+        self.filter_mode = filter_mode
+        self.ports: dict[ServicePortKey, ServicePort] = {}
+        self.claims: dict[str, ServicePort] = {}  # "vip port proto" -> the port holding it
+        self.verdicts: list[ServiceVerdict] = []
+        self.conflicts: list[Conflict] = []
+        self.needs_sort = False  # verdicts not already in source order
+
+    def run(self, objects: Iterable[KubeObject], errors: tuple[ManifestError, ...]
+            ) -> DesiredState:
+        merged = None
+        if isinstance(objects, ChunkedObjects):
+            merged = _merge_chunks(self.cache, objects.chunks)
+        if merged is not None:
+            groups, parts, dirty = merged
+            batches = [(part.services, part) for part in parts]
+        else:
+            groups, parts, dirty = _group(objects), [], set()
+            batches = [(sorted(groups.winners["Service"].values(), key=_ORDER), None)]
+        self._duplicates(groups)
+        # A flat build keeps only the entries it used (bounded by its size); chunked builds
+        # add to the cache's entries and prune them below.
+        seen = self.cache.services if merged is not None else {}
+        for services, part in batches:
+            if not self._reuse(part, dirty):
+                self._batch(services, part, groups, seen)
+        if merged is None:
+            self.cache.services = seen
+        elif len(seen) > 2 * sum(len(p.services) for p in parts) + 1000:
+            live = {svc for p in parts for svc in p.services}  # drop the dead now and then
+            self.cache.services = {k: v for k, v in seen.items() if k in live}
+        self._invalid_services(errors)
+        if self.needs_sort:  # otherwise already in source order (chunks come in file order)
+            self.verdicts.sort(key=lambda v: source_order(v.source))
+        return DesiredState(ports=self.ports, services=tuple(self.verdicts), errors=errors,
+                            conflicts=tuple(self.conflicts), ignored_kinds=groups.ignored)
+
+    def _duplicates(self, groups: _Groups) -> None:
+        """Objects that lost to an earlier same-named one: conflicts, and a Service verdict."""
+        for obj in sorted(groups.losers, key=_ORDER):
+            first = groups.winners[obj.kind][(obj.namespace, obj.name)]
+            self.conflicts.append(Conflict(f"{obj.kind} {obj.namespace}/{obj.name} defined "
+                                           "twice", first.source, obj.source))
+        for obj in groups.losers:
+            if obj.kind == "Service":
+                self.needs_sort = True
+                self.verdicts.append(ServiceVerdict(obj.source, obj.namespace, obj.name,
+                                                    Verdict.SKIP, SkipReason.CONFLICT,
+                                                    _all_keys(obj)))
+
+    def _reuse(self, part: _Chunk | None, dirty: set[Ident]) -> bool:
+        """Take a chunk's whole previous result when nothing its services depend on changed."""
+        done = part.result if part is not None else None
+        if (done is None or done.filter_mode != self.filter_mode
+                or not part.idents.isdisjoint(dirty)  # type: ignore[union-attr]
+                or not self.claims.keys().isdisjoint(done.claims)):
+            return False
+        self.ports.update(done.ports)
+        self.claims.update(done.claims)
+        self.verdicts.extend(done.verdicts)
+        return True
+
+    def _deps(self, svc: KubeObject, groups: _Groups) -> _Deps:
+        ident = (svc.namespace, svc.name)
+        slices = groups.slices.get(ident)
+        if not slices:
+            found: tuple[KubeObject, ...] = ()
+        elif len(slices) == 1:
+            found = tuple(slices)
+        else:
+            found = tuple(sorted(slices, key=_ORDER))
+        return _Deps(self.filter_mode, found, groups.winners["Endpoints"].get(ident),
+                     groups.winners["DestinationRule"].get(ident))
+
+    def _batch(self, services: list[KubeObject], part: _Chunk | None, groups: _Groups,
+               seen: dict[KubeObject, _CachedService]) -> None:
+        """Add the services of one chunk (or of a flat build), each from its cached result
+        when its dependencies are unchanged; remember the chunk's result when it was clean."""
+        ports: dict[ServicePortKey, ServicePort] = {}
+        claims: dict[str, ServicePort] = {}
+        verdicts: list[ServiceVerdict] = []
         clean = True
+        cached = self.cache.services.get
         for svc in services:
-            ident = (svc.namespace, svc.name)
-            slices = slices_by_service.get(ident)
-            if not slices:
-                slices = no_slices
-            else:
-                slices = tuple(slices) if len(slices) == 1 else tuple(sorted(slices, key=_ORDER))
-            deps = (filter_mode, slices, endpoints.get(ident), rules.get(ident))
-            entry = memo_get(id(svc))
-            result = entry[2] if entry is not None and entry[0] is svc and entry[1] == deps \
-                else None
-            if result is None:
-                result = _compute(svc, filter_mode, *deps[1:])
-            memo_entries[id(svc)] = (svc, deps, result)
+            deps = self._deps(svc, groups)
+            entry = cached(svc)
+            if entry is None or entry.deps != deps:
+                entry = _CachedService(deps, _compute(svc, deps))
+            seen[svc] = entry
+            result = entry.result
             if not result.ports:
-                chunk_verdicts.append(result.verdict)
-                continue
-            if claims.keys().isdisjoint(result.claim_map):  # the usual case: no VIP conflict
+                verdicts.append(result.verdict)
+            elif self.claims.keys().isdisjoint(result.claim_map):  # usual: no VIP conflict
+                self.claims.update(result.claim_map)
+                self.ports.update(result.port_map)
                 claims.update(result.claim_map)
                 ports.update(result.port_map)
-                chunk_claims.update(result.claim_map)
-                chunk_ports.update(result.port_map)
-                chunk_verdicts.append(result.verdict)
-                continue
-            clean = False
-            kept = 0
-            for sp, port_claims in zip(result.ports, result.claims):
-                held = [c for c in port_claims if c in claims]
-                if held:  # an earlier (smaller) source holds this VIP:port/protocol
-                    taken = claims[held[0]]
-                    vip = held[0].split(" ")[0]
-                    conflicts.append(Conflict(
-                        f"{_hostport(vip, sp.port)}/{sp.key.protocol.value} claimed by "
-                        f"{taken.key.namespace}/{taken.key.name} and {svc.namespace}/{svc.name}",
-                        taken.source, svc.source))  # type: ignore[arg-type]
-                    continue
-                for c in port_claims:
-                    claims[c] = sp
-                ports[sp.key] = sp
-                kept += 1
-            chunk_verdicts.append(result.verdict if kept else ServiceVerdict(
-                svc.source, svc.namespace, svc.name, Verdict.SKIP, SkipReason.CONFLICT,
-                result.verdict.ports))
-        verdicts.extend(chunk_verdicts)
+                verdicts.append(result.verdict)
+            else:
+                clean = False
+                verdicts.append(self._with_conflicts(svc, result))
+        self.verdicts.extend(verdicts)
         if part is not None:
-            part.result = (filter_mode, chunk_ports, chunk_claims, tuple(chunk_verdicts)) \
-                if clean else None
-    if merged is None:
-        memo.entries = memo_entries  # keep only what this build used (bounded by its size)
-    else:
-        # Chunked builds only add entries; drop the dead ones now and then (bounded memory).
-        if len(memo_entries) > 2 * sum(len(p.services) for p in parts) + 1000:
-            live = {id(svc) for p in parts for svc in p.services}
-            memo.entries = {k: v for k, v in memo_entries.items() if k in live}
+            part.result = (_ChunkResult(self.filter_mode, ports, claims, tuple(verdicts))
+                           if clean else None)
 
-    # Services that failed validation are listed too, so `validate` shows every Service.
-    invalid = [e for e in errors if e.kind == "Service" and e.document is not None and e.name]
-    if invalid:
-        seen = {v.source for v in verdicts}
+    def _with_conflicts(self, svc: KubeObject, result: _ServiceResult) -> ServiceVerdict:
+        """Add the ports of ``svc`` whose VIP:port/protocol no earlier source holds; the
+        others are conflicts. The verdict: skipped as a conflict when no port was kept."""
+        kept = 0
+        for sp, port_claims in zip(result.ports, result.claims):
+            held = [c for c in port_claims if c in self.claims]
+            if held:  # an earlier (smaller) source holds this VIP:port/protocol
+                taken = self.claims[held[0]]
+                vip = held[0].split(" ")[0]
+                self.conflicts.append(Conflict(
+                    f"{_hostport(vip, sp.port)}/{sp.key.protocol.value} claimed by "
+                    f"{taken.key.namespace}/{taken.key.name} and {svc.namespace}/{svc.name}",
+                    taken.source, svc.source))  # type: ignore[arg-type]
+                continue
+            for c in port_claims:
+                self.claims[c] = sp
+            self.ports[sp.key] = sp
+            kept += 1
+        if kept:
+            return result.verdict
+        return ServiceVerdict(svc.source, svc.namespace, svc.name, Verdict.SKIP,
+                              SkipReason.CONFLICT, result.verdict.ports)
+
+    def _invalid_services(self, errors: tuple[ManifestError, ...]) -> None:
+        """Services that failed validation are listed too, so `validate` shows every one."""
+        invalid = [e for e in errors if e.kind == "Service" and e.document is not None
+                   and e.name]
+        if not invalid:
+            return
+        seen = {v.source for v in self.verdicts}
         for err in invalid:
             source = SourceRef(err.file, err.document)  # type: ignore[arg-type]
             if source not in seen:
                 seen.add(source)
-                needs_sort = True
-                verdicts.append(ServiceVerdict(source, err.namespace or DEFAULT_NAMESPACE,
-                                               err.name, Verdict.SKIP, SkipReason.INVALID))
-    if needs_sort:  # otherwise already in source order (chunks come in file order)
-        verdicts.sort(key=lambda v: source_order(v.source))
-    return DesiredState(ports=ports, services=tuple(verdicts), errors=errors,
-                        conflicts=tuple(conflicts), ignored_kinds=groups.ignored)
+                self.needs_sort = True
+                self.verdicts.append(ServiceVerdict(source, err.namespace or DEFAULT_NAMESPACE,
+                                                    err.name, Verdict.SKIP,
+                                                    SkipReason.INVALID))
 
 
 def _doc_key(document: str) -> tuple:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from edgeproxy.rules.backends import make_backend, namespace_runner
+from edgeproxy.rules.backends import make_backend
+from edgeproxy.tools import namespace_runner
 from edgeproxy.rules.render import render_rules
 from tests.rules import states
 from tests.rules.node import dump, install_kube_proxy

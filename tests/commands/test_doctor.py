@@ -6,7 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-from edgeproxy.rules.backends import make_backend, namespace_runner
+from edgeproxy.rules.backends import make_backend
+from edgeproxy.tools import namespace_runner
 from edgeproxy.rules.doctor import Doctor
 from edgeproxy.rules.render import render_rules
 from tests.rules import states

@@ -58,6 +58,18 @@ def test_every_option_has_a_schema_field_and_example():
         assert f"\n{option.key}:" in example and option.flag.lstrip("-") in example
 
 
+def test_schema_choices_and_defaults_are_the_options_own():
+    """The schema is data (it ships as JSON): these are the copies the options table's
+    choice lists (model.FILTER_MODES, BACKEND_CHOICES) and defaults must agree with."""
+    schema = json.loads((REPO / "schemas" / "config.schema.json").read_text())["properties"]
+    for option in OPTIONS:
+        field = schema[option.key]
+        if option.choices is not None:
+            assert field.get("enum") == list(option.choices), option.key
+        if "default" in field:
+            assert field["default"] == option.default, option.key
+
+
 def test_example_config_is_valid():
     config = build_config({"config": str(REPO / "config" / "edgeproxy.yaml")})
     assert config.drain_grace == pytest.approx(30.0)

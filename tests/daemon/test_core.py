@@ -1,9 +1,8 @@
-"""The Daemon with fakes that follow the foundation/rules/forwarding interfaces."""
+"""The Daemon with fakes that follow the interfaces of its parts (tests/daemon/fakes.py)."""
 
 import re
 
 import gevent
-import pytest
 
 from edgeproxy.daemon.compute import Computed
 from edgeproxy.daemon.config import build_config
@@ -11,88 +10,8 @@ from edgeproxy.daemon.core import Daemon
 from edgeproxy.daemon.http import healthz_app, healthz_verdict, metrics_app
 from edgeproxy.daemon.status import build_status, render_text
 from edgeproxy.forwarding.stats import ServiceStats
-from edgeproxy.model import (DesiredState, Endpoint, ManifestError, Protocol, ServicePort,
-                             ServicePortKey, ServiceVerdict, SkipReason, SourceRef, Verdict)
-
-
-def port(name, vip):
-    key = ServicePortKey("default", name, "", Protocol.TCP)
-    return key, ServicePort(key, 80, (vip,), endpoints=(Endpoint("198.18.1.11", 8080),))
-
-
-def state(*names, errors=()):
-    ports = dict(port(n, f"198.19.0.{i + 10}") for i, n in enumerate(names))
-    skipped = ServiceVerdict(SourceRef("m.yaml", "9"), "monitoring", "metrics", Verdict.SKIP,
-                             SkipReason.LABEL)
-    return DesiredState(ports=ports, services=(skipped,), errors=tuple(errors))
-
-
-class FakeComputer:
-    def __init__(self):
-        self.next = Computed(state("a", "b", "c", "d"), None, 4)
-        self.calls = []
-
-    def compute(self, paths, writing=frozenset()):
-        self.calls.append(paths)
-        return self.next
-
-
-class FakeProxy:
-    def __init__(self):
-        self.calls, self.ports = [], {}
-
-    def start(self):
-        self.calls.append("start")
-
-    def reconcile(self, ports):
-        self.calls.append(("reconcile", set(ports)))
-        self.ports = {k: self.ports.get(k, 61000 + len(self.ports)) for k in ports}
-        return dict(self.ports)
-
-    def sync_routes(self, vips):
-        self.calls.append("routes")
-
-    def stats(self):
-        return {k: ServiceStats(active_connections=2, bytes_in=100) for k in self.ports}
-
-    def stop(self, grace=None):
-        self.calls.append("stop")
-
-
-class FakeKeeper:
-    def __init__(self, log):
-        self.log = log
-        self.repairs_total = 1
-        self.checks_total = 12
-        self.check_seconds_total = 0.5
-        self.last_repair_descriptions = ["jump moved"]
-        self.apply_errors_total = 0
-
-    def update(self, ruleset):
-        self.log.append(("rules", set(ruleset)))
-
-    def start(self):
-        self.log.append("keeper-start")
-
-    def stop(self, cleanup):
-        self.log.append(("keeper-stop", cleanup))
-
-
-@pytest.fixture
-def daemon():
-    config = build_config({"config": None, "healthz_bind_address": "127.0.0.1:0",
-                           "metrics_bind_address": "127.0.0.1:0", "manifests": "/nonexistent",
-                           "drain_grace": "0s"})
-    computer, proxy = FakeComputer(), FakeProxy()
-    keeper = FakeKeeper(proxy.calls)
-    d = Daemon(config, factories={"computer": lambda: computer, "proxy": lambda: proxy,
-                                  "keeper": lambda: keeper,
-                                  "render": lambda: lambda ports, pp, listen: dict(pp)},
-               watch=False, environ={})
-    d.start()
-    yield d
-    d.shutdown("test")
-    d._done.wait(5)
+from edgeproxy.model import ManifestError, Protocol, ServicePortKey
+from tests.daemon.fakes import FakeComputer, FakeKeeper, FakeProxy, state
 
 
 def test_start_order_listeners_before_rules_then_ready(daemon):

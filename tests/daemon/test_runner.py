@@ -1,63 +1,87 @@
-import time
+"""BoundedFrequencyRunner on a fake clock: exact intervals, no sleeping (as kube-proxy's tests)."""
 
-import gevent
+from __future__ import annotations
 
-from edgeproxy.daemon.runner import BoundedFrequencyRunner
+from edgeproxy.daemon.runner import BoundedFrequencyRunner, GeventClock
+from tests.support.clock import FakeClock
+
+START = 1000.0
 
 
-def test_burst_coalesces_into_one_run():
-    calls = []
-    runner = BoundedFrequencyRunner(lambda periodic: calls.append(time.monotonic()),
-                                    min_interval=0.05, max_interval=60, debounce=0.05)
+def _started(fn, clock: FakeClock, **settings) -> BoundedFrequencyRunner:
+    runner = BoundedFrequencyRunner(fn, clock=clock, **settings)
     runner.start()
-    begin = time.monotonic()
+    clock.settle()
+    return runner
+
+
+def test_first_run_is_due_at_once_then_a_burst_coalesces_after_the_debounce():
+    calls: list[float] = []
+    clock = FakeClock(START)
+    runner = _started(lambda periodic: calls.append(clock.now()), clock,
+                      min_interval=1.0, max_interval=60, debounce=0.5)
+    assert calls == [START]  # no run before: the periodic one is due now
     for _ in range(100):
         runner.run()
-        gevent.sleep(0.001)
-    burst = time.monotonic() - begin
-    gevent.sleep(0.3)
+    clock.advance(0.4)
+    assert calls == [START]  # still debouncing
+    # Debounced until START + 0.5, then held to min_interval after the first run.
+    clock.advance(0.5)
+    assert calls == [START]
+    clock.advance(0.1)
+    assert calls == [START, START + 1.0]
     runner.stop()
-    # 100 requests: at most one run per min_interval of the burst, plus the trailing one.
-    assert 1 <= len(calls) <= burst / 0.05 + 2 and len(calls) < 10
 
 
 def test_min_interval_between_runs():
-    calls = []
-    runner = BoundedFrequencyRunner(lambda periodic: calls.append(time.monotonic()),
-                                    min_interval=0.1, max_interval=60)
-    runner.start()
-    for _ in range(10):
-        runner.run()
-        gevent.sleep(0.03)
-    gevent.sleep(0.2)
+    calls: list[float] = []
+    clock = FakeClock(START)
+    runner = _started(lambda periodic: calls.append(clock.now()), clock,
+                      min_interval=1.0, max_interval=60)
+    clock.advance(0.3)
+    runner.run()
+    runner.run()
+    clock.advance(0.6)
+    assert calls == [START]
+    clock.advance(0.1)
+    assert calls == [START, START + 1.0]
     runner.stop()
-    assert len(calls) >= 2
-    assert all(b - a >= 0.095 for a, b in zip(calls, calls[1:]))
 
 
-def test_max_interval_runs_periodically():
-    calls = []
-    runner = BoundedFrequencyRunner(lambda periodic: calls.append(periodic), min_interval=0.0,
-                                    max_interval=0.05)
-    runner.start()
-    gevent.sleep(0.28)
+def test_max_interval_runs_periodically_without_requests():
+    calls: list[tuple[float, bool]] = []
+    clock = FakeClock(START)
+    runner = _started(lambda periodic: calls.append((clock.now(), periodic)), clock,
+                      min_interval=0.0, max_interval=60)
+    clock.advance(125)
+    assert calls == [(START, True), (START + 60, True), (START + 120, True)]
+    runner.run()
+    clock.settle()
+    assert calls[-1] == (START + 125, False)  # a request is not periodic
     runner.stop()
-    assert len(calls) >= 3 and all(calls)
 
 
-def test_failure_retried_with_backoff():
-    calls = []
+def test_failure_retried_with_doubling_back_off_up_to_the_maximum():
+    calls: list[float] = []
 
-    def flaky(periodic):
-        calls.append(time.monotonic())
-        if len(calls) < 3:
+    def flaky(periodic: bool) -> None:
+        calls.append(clock.now())
+        if len(calls) <= 4:
             raise RuntimeError("iptables-restore failed")
 
-    runner = BoundedFrequencyRunner(flaky, min_interval=0.0, max_interval=60,
-                                    retry_initial=0.05, retry_max=1.0)
-    runner.start()
-    runner.run()
-    gevent.sleep(0.4)
+    clock = FakeClock(START)
+    runner = _started(flaky, clock, min_interval=0.0, max_interval=60,
+                      retry_initial=0.5, retry_max=2.0)
+    clock.advance(10)
+    assert calls == [START, START + 0.5, START + 1.5, START + 3.5, START + 5.5]
+    assert runner.failures_total == 4 and runner.runs_total == 5
+    clock.advance(60)  # success reset the back-off: the next run is the periodic one
+    assert calls[5:] == [START + 65.5]
     runner.stop()
-    assert len(calls) == 3 and runner.failures_total == 2
-    assert calls[2] - calls[1] >= (calls[1] - calls[0]) * 1.5  # back-off doubles
+
+
+def test_gevent_clock_is_the_default_and_monotonic():
+    runner = BoundedFrequencyRunner(lambda periodic: None, 0.1, 1.0)
+    assert isinstance(runner.clock, GeventClock)
+    first = runner.clock.now()
+    assert runner.clock.now() >= first

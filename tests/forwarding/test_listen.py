@@ -3,21 +3,23 @@
 
 from __future__ import annotations
 
-import subprocess
-
-from edgeproxy.forwarding.listen import RouteKeeper, ensure_interface
+from edgeproxy.forwarding.listen import RouteKeeper, ensure_interface, run_ip_batch
 from edgeproxy.model import ListenAddresses
+from edgeproxy.tools import Result
 
 
 class FakeIp:
+    """A `Runner` for `ip`: records each command's arguments after "ip"."""
+
     def __init__(self, fail=()):
         self.calls: list[list[str]] = []
         self.fail = fail  # predicates over argv that return non-zero
 
-    def __call__(self, argv):
-        self.calls.append(list(argv))
-        rc = 1 if any(f(list(argv)) for f in self.fail) else 0
-        return subprocess.CompletedProcess(["ip", *argv], rc, "", "err" if rc else "")
+    def __call__(self, argv, input=None):
+        assert argv[0] == "ip"
+        self.calls.append(list(argv[1:]))
+        rc = 1 if any(f(list(argv[1:])) for f in self.fail) else 0
+        return Result(rc, "", "err" if rc else "")
 
 
 def test_interface_created_once_with_both_addresses():
@@ -72,10 +74,10 @@ def keeper_with(routable, interface_routes=""):
     ip = FakeIp()
     ip_stdout = interface_routes
 
-    def run(argv):
-        ip.calls.append(list(argv))
-        out = ip_stdout if argv[0] == "-4" else ""
-        return subprocess.CompletedProcess(["ip", *argv], 0, out, "")
+    def run(argv, input=None):
+        ip.calls.append(list(argv[1:]))
+        out = ip_stdout if argv[1] == "-4" else ""
+        return Result(0, out, "")
 
     batch, clock = FakeBatch(routable), Clock()
     return RouteKeeper(ListenAddresses(), run, batch, recheck_interval=30, clock=clock), batch, clock
@@ -128,16 +130,11 @@ def test_routes_left_by_a_killed_run_are_adopted_and_removed():
     assert batch.all() == [["route", "del", "198.19.0.99/32", "dev", "edgeproxy0"]]
 
 
-def test_batch_failures_are_attributed_to_their_lines(monkeypatch):
-    from edgeproxy.forwarding import listen
-
-    def fake_run(argv, input, **kwargs):
+def test_batch_failures_are_attributed_to_their_lines():
+    def fake_run(argv, input=None):
         assert list(argv) == ["ip", "-force", "-batch", "-"]
         assert input == "route get 1.1.1.1\nroute get 2.2.2.2\nroute get 3.3.3.3\n"
-        return subprocess.CompletedProcess(argv, 1, "", "RTNETLINK answers: Network is "
-                                           "unreachable\nCommand failed -:2\n")
+        return Result(1, "", "RTNETLINK answers: Network is unreachable\nCommand failed -:2\n")
 
-    monkeypatch.setattr(listen.spawn, "run", fake_run)
-    assert listen.run_ip_batch([["route", "get", ip] for ip in ("1.1.1.1", "2.2.2.2",
-                                                                "3.3.3.3")]) == [
-        None, "RTNETLINK answers: Network is unreachable", None]
+    assert run_ip_batch([["route", "get", ip] for ip in ("1.1.1.1", "2.2.2.2", "3.3.3.3")],
+                        fake_run) == [None, "RTNETLINK answers: Network is unreachable", None]

@@ -6,7 +6,9 @@ import time
 
 import pytest
 
-from edgeproxy.rules.backends import LocalRunner, make_backend, namespace_runner
+from edgeproxy.rules.backends import make_backend
+from edgeproxy.rules.backends.check import CheckCounts
+from edgeproxy.tools import LocalRunner, namespace_runner
 from edgeproxy.rules.render import render_rules
 from tests.rules import states
 from tests.rules.node import dump, install_kube_proxy, ipt, ours_before_kube, targets
@@ -48,31 +50,32 @@ def test_periodic_check_of_a_right_table_compares_text_without_parsing(netns, fl
         # Our own write moved the generation by exactly its transactions: it vouches for
         # the table, so the first check reads no table (it takes the reference digests).
         assert backend.check_and_repair(rs) == []
-        assert backend.checks_skipped == 1 and backend.checks_compared == 0
+        assert backend.check.counts == CheckCounts(generation=1)
         assert backend.check_and_repair(rs) == []  # nothing written since: generation
-        assert backend.checks_skipped == 2 and backend.checks_compared == 0
+        assert backend.check.counts == CheckCounts(generation=2)
         # Someone else writes to nf_tables: our chains' raw rules are unchanged.
         ipt(netns, flavor, "-t", "nat", "-A", "KUBE-SERVICES", "-d", "198.19.0.99/32",
             "-j", "RETURN")
         assert backend.check_and_repair(rs) == []
-        assert backend.checks_digested == 1 and backend.checks_compared == 0
+        assert backend.check.counts == CheckCounts(generation=2, digests=1)
         # Our chain emptied behind our back: its digest says so, and it is rebuilt without
         # reading any table.
         expected = dump(netns, flavor)
         ipt(netns, flavor, "-t", "nat", "-F", "KUBE-PORTALS-HOST")
         assert backend.check_and_repair(rs) == [
             "iptables-nft nat: chain KUBE-PORTALS-HOST changed behind our back (raw-rule digest)"]
-        assert backend.checks_digested == 2 and backend.checks_compared == 0
+        assert backend.check.counts == CheckCounts(generation=2, digests=2)
         assert dump(netns, flavor) == expected
     else:  # legacy tables have no generation: text compared first, then the table digest
         assert backend.check_and_repair(rs) == []
         # iptables-save printed our chains exactly as RuleSet.saved_block renders them.
-        assert backend.checks_compared == 1 and backend.checks_parsed == 0
+        assert backend.check.counts == CheckCounts(full=1) and backend.checks_parsed == 0
         assert backend.check_and_repair(rs) == []  # the table digest answers
-        assert backend.checks_digested == 1 and backend.checks_compared == 1
+        assert backend.check.counts == CheckCounts(digests=1, full=1)
         ipt(netns, flavor, "-t", "nat", "-F", "KUBE-PORTALS-HOST")
         assert any("KUBE-PORTALS-HOST" in r for r in backend.check_and_repair(rs))
-        assert backend.checks_compared == 2 and backend.checks_parsed == 1
+        assert backend.check.counts == CheckCounts(digests=1, full=2)
+        assert backend.checks_parsed == 1
 
 
 class RecordingRunner(LocalRunner):
@@ -111,9 +114,10 @@ def test_one_service_changed_among_many_is_written_as_an_edit(netns, flavor):
     assert runner.restores[0].count("\n-I ") == 2 and ":KUBE-" not in runner.restores[0]
     if flavor == "nft":
         # Nobody else wrote since: our own write vouches for the table, no save is read.
-        skipped, compared = backend.checks_skipped, backend.checks_compared
+        generation, full = backend.check.counts.generation, backend.check.counts.full
         assert backend.check_and_repair(after) == []
-        assert (backend.checks_skipped, backend.checks_compared) == (skipped + 1, compared)
+        assert (backend.check.counts.generation, backend.check.counts.full) == (generation + 1,
+                                                                                full)
         # Someone else writes after our write: the next check looks again.
         ipt(netns, flavor, "-t", "nat", "-D", "KUBE-PORTALS-HOST", "1")
         assert backend.check_and_repair(after) != []
@@ -136,7 +140,7 @@ def test_kube_proxy_jump_inserted_later_at_rule_one_is_repaired(netns, flavor):
     repairs = backend.check_and_repair(rs)
     assert any("PREROUTING" in r for r in repairs) and any("OUTPUT" in r for r in repairs)
     if flavor == "nft":  # only built-in chains changed: just they were listed and fixed
-        assert backend.checks_digested == 1 and backend.checks_compared == 0
+        assert backend.check.counts.digests == 1 and backend.check.counts.full == 0
     for chain in ("PREROUTING", "OUTPUT"):
         order = targets(netns, flavor, chain)
         assert ours_before_kube(order), order
@@ -288,26 +292,24 @@ def test_nftables_backend_runs_before_kube_proxy_table_and_leaves_it_alone(netns
     # Our own write established what is right (the generation moved by our transaction
     # alone): the first check is answered by the generation (and takes the reference
     # digests), no check so far needed a listing.
-    assert backend.checks_skipped == 1 and backend.checks_compared == 0
-    assert backend.checks_listed == 0
+    assert backend.check.counts == CheckCounts(generation=1)
     netns.run(["nft", "flush", "chain", "ip", "edgeproxy", "KUBE-PORTALS-HOST"])
     assert backend.check_and_repair(rs) == [
         "nftables table ip edgeproxy: chain KUBE-PORTALS-HOST changed behind our back"]
     assert backend.check_and_repair(rs) == []
     netns.run(["nft", "delete", "table", "ip", "edgeproxy"])
     assert any("KUBE-PORTALS-CONTAINER missing" in r for r in backend.check_and_repair(rs))
-    assert backend.check_and_repair(rs) == [] and backend.checks_listed == 0
+    assert backend.check_and_repair(rs) == [] and backend.check.counts.full == 0
     # Without known digests (another writer raced with ours) a listing decides, and a
     # rule replaced by another one (same count) is still seen.
-    backend._verified.clear()
-    backend._clean = None
+    backend.check.forget()
     handle = netns.run(["nft", "-a", "list", "chain", "ip", "edgeproxy", "KUBE-PORTALS-HOST"]
                        ).stdout.splitlines()[2].rsplit("# handle ", 1)[1]
     netns.run(["nft", "replace", "rule", "ip", "edgeproxy", "KUBE-PORTALS-HOST", "handle",
                handle, "ip", "daddr", "198.19.0.20", "tcp", "dport", "7", "dnat", "to",
                "198.18.1.99:7"])
     assert any("KUBE-PORTALS-HOST: 1 rule(s) differ" in r for r in backend.check_and_repair(rs))
-    assert backend.checks_listed == 2  # ip and ip6
+    assert backend.check.counts.full == 1  # one listing of each family's table
     assert backend.check_and_repair(rs) == []
     assert netns.run(["nft", "list", "table", "ip", "kube-proxy"]).stdout == before
     report = backend.cleanup()

@@ -8,7 +8,8 @@ import socket
 
 import pytest
 
-from edgeproxy.rules.backends import make_backend, namespace_runner
+from edgeproxy.rules.backends import make_backend
+from edgeproxy.tools import namespace_runner
 from edgeproxy.rules.conntrack import flush_udp_flows
 from edgeproxy.rules.keeper import RuleKeeper
 from edgeproxy.rules.render import render_rules
@@ -25,7 +26,7 @@ def _entries(netns) -> str:
 
 def test_flush_of_nothing_is_not_an_error(netns):
     assert flush_udp_flows([("198.19.0.99", 53), (None, 30053)],
-                           namespace_runner(netns.name)) == 0
+                           namespace_runner(netns.name, cooperative=True)) == 0
 
 
 def test_udp_flow_existing_before_capture_is_redirected_after_it(netns):
@@ -43,8 +44,8 @@ def test_udp_flow_existing_before_capture_is_redirected_after_it(netns):
     try:
         client.sendto(b"before", ("198.19.0.53", 53))  # a flow to the VIP, not captured yet
         assert "dport=53" in _entries(netns)
-        keeper = RuleKeeper(make_backend("nft", namespace_runner(netns.name)),
-                            flush=lambda t: flush_udp_flows(t, namespace_runner(netns.name)))
+        run = namespace_runner(netns.name, cooperative=True)
+        keeper = RuleKeeper(make_backend("nft", run), flush=lambda t: flush_udp_flows(t, run))
         keeper.update(render_rules(ports, pp, states.LISTEN))
         assert keeper.conntrack_deleted_total == 1
         client.sendto(b"after", ("198.19.0.53", 53))  # same socket, same 5-tuple

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgeproxy.rules.backends.base import Result
+from edgeproxy.tools import Result
 from edgeproxy.rules.backends.detect import NodeFacts, decide, gather
 
 EMPTY = NodeFacts("", "", "", "", "", "iptables v1.8.9 (nf_tables)")

@@ -177,6 +177,26 @@ def test_load_balancer_external_and_node_ports():
     assert trace(tables, Packet("198.18.5.5", 30443)).verdict is None
 
 
+def test_nft_an_external_ip_that_is_also_a_cluster_ip_is_captured_once_per_chain():
+    from dataclasses import replace
+
+    web = states.example_ports()[states.WEB]
+    twice = {states.WEB: replace(web, external_ips=(web.cluster_ips[0], "198.18.9.9"))}
+    rs = render_rules(twice, states.proxy_ports_for(twice), states.LISTEN)
+    chains = rs.nft_chain_rules(4)
+    vip = f"ip daddr {web.cluster_ips[0]} tcp dport {web.port}"
+    for chain in ("KUBE-PORTALS-CONTAINER", "KUBE-PORTALS-HOST"):
+        assert [r.startswith(vip) for r in chains[chain]].count(True) == 1, chains[chain]
+    # The other external IP: unconditional from pods (no physdev in nft), local from the host.
+    assert any(r.startswith("ip daddr 198.18.9.9 tcp dport 80 dnat")
+               for r in chains["KUBE-PORTALS-CONTAINER"])
+    assert any(r.startswith("ip daddr 198.18.9.9 tcp dport 80 fib daddr type local dnat")
+               for r in chains["KUBE-PORTALS-HOST"])
+    # iptables keeps every rule kube-proxy userspace writes.
+    assert sum(vip.split()[2] in " ".join(spec)
+               for _, specs in rs.chains[(4, "nat")] for spec in specs) == 5
+
+
 def test_ipv6_vip_goes_to_ip6tables_with_bracketed_destination():
     ports = states.full_ports()
     pp = states.proxy_ports_for(ports)

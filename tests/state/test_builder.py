@@ -1,4 +1,4 @@
-"""Desired state assembly: endpoint matching, conflicts, DestinationRules, memoized reuse."""
+"""Desired state assembly: endpoint matching, conflicts, DestinationRules, cached reuse."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from edgeproxy.model import (
     SkipReason,
     Verdict,
 )
-from edgeproxy.state import build_state
+from edgeproxy.state import BuildCache, build_state
 
 
 def objects(text: str, file: str = "f.yaml") -> list:
@@ -227,13 +227,14 @@ def test_filter_modes() -> None:
 
 def test_memoized_results_follow_dependency_changes() -> None:
     svc, slice_ = objects(SVC + "---" + SLICE)
-    first = build_state([svc, slice_])
-    again = build_state([slice_, svc])
+    cache = BuildCache()
+    first = build_state([svc, slice_], cache=cache)
+    again = build_state([slice_, svc], cache=cache)
     assert again.ports[HTTP] is first.ports[HTTP]  # unchanged inputs: reused
     new_slice = objects(SLICE.replace("198.18.1.12", "198.18.1.99"))[0]
-    changed = build_state([svc, new_slice])
+    changed = build_state([svc, new_slice], cache=cache)
     assert Endpoint("198.18.1.99", 8080) in changed.ports[HTTP].endpoints
-    assert build_state([svc]).ports[HTTP].endpoints == ()
+    assert build_state([svc], cache=cache).ports[HTTP].endpoints == ()
 
 
 def test_deterministic_under_shuffles() -> None:
@@ -299,33 +300,34 @@ def test_chunked_reuse_matches_a_fresh_build(tmp_path: Path) -> None:
 
     apply(files)
     catalog = ManifestCatalog(tmp_path)
-    for filter_mode in (FilterMode.FILTER_IF_LABEL_EXISTS, FilterMode.FILTER_IF_LABEL_EXISTS):
-        build_state(catalog.refresh().objects, filter_mode)
+    cache = BuildCache()
+    for filter_mode in (FilterMode.FILTER_IF_LABEL_DOES_NOT_EXISTS,
+                        FilterMode.FILTER_IF_LABEL_EXISTS):
+        build_state(catalog.refresh().objects, filter_mode, cache=cache)
     for step, changes in enumerate(edits):
         apply(changes)
         snapshot = catalog.refresh()
-        reused = build_state(snapshot.objects)
-        fresh = build_state(list(snapshot.objects))
+        reused = build_state(snapshot.objects, cache=cache)
+        fresh = build_state(snapshot.objects)  # no cache: everything computed
         assert reused.ports == fresh.ports, step
         assert reused.services == fresh.services, step
         assert reused.conflicts == fresh.conflicts, step
         assert reused.ignored_kinds == fresh.ignored_kinds, step
-        again = build_state(snapshot.objects)  # and a chunked build right after a flat one
+        flat = build_state(list(snapshot.objects), cache=cache)  # the same cache, no chunks
+        assert flat.ports == fresh.ports and flat.services == fresh.services, step
+        again = build_state(snapshot.objects, cache=cache)  # chunked right after a flat one
         assert again.ports == fresh.ports and again.services == fresh.services, step
     a_port = ServicePortKey("default", "a", "http", Protocol.TCP)
     assert reused.ports[a_port].endpoints == (Endpoint("198.18.0.2", 8080),)
 
 
-def test_concurrent_caller_gets_a_private_memo() -> None:
-    from edgeproxy.state import builder
-
+def test_a_cache_reuses_results_and_a_build_without_one_computes_afresh() -> None:
     objs = objects(SVC + "---" + SLICE)
-    shared = build_state(objs)
-    token = builder._memo_token.pop()  # as if another thread were building right now
-    try:
-        private = build_state(objs)
-    finally:
-        builder._memo_token.append(token)
-    assert private.ports == shared.ports
-    assert private.ports[HTTP] is not shared.ports[HTTP]  # computed afresh, memo untouched
-    assert build_state(objs).ports[HTTP] is shared.ports[HTTP]
+    cache = BuildCache()
+    cached = build_state(objs, cache=cache)
+    assert list(cache.services) == [o for o in objs if o.kind == "Service"]
+    assert build_state(objs, cache=cache).ports[HTTP] is cached.ports[HTTP]  # reused
+    fresh = build_state(objs)
+    assert fresh.ports == cached.ports
+    assert fresh.ports[HTTP] is not cached.ports[HTTP]  # computed afresh, cache untouched
+    assert build_state(objs, cache=cache).ports[HTTP] is cached.ports[HTTP]

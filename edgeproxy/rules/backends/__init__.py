@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import logging
 
-from .base import Backend, BackendError, CleanupReport, LocalRunner, Runner, namespace_runner
+from edgeproxy.model import BACKEND_CHOICES
+from edgeproxy.tools import Runner
+
+from .base import Backend, BackendError, CleanupReport
 from .iptables_restore import IptablesRestoreBackend
 from .nftables import NftablesBackend
 
 log = logging.getLogger(__name__)
 
-BACKEND_NAMES = ("auto", "legacy", "nft", "nftables")
 
-__all__ = ["Backend", "BackendError", "CleanupReport", "LocalRunner", "Runner",
-           "namespace_runner", "IptablesRestoreBackend", "NftablesBackend", "select_backend",
-           "make_backend", "BACKEND_NAMES"]
+__all__ = ["Backend", "BackendError", "CleanupReport", "IptablesRestoreBackend",
+           "NftablesBackend", "select_backend", "make_backend"]
 
 
 def make_backend(name: str, runner: Runner | None = None) -> Backend:
@@ -27,7 +28,7 @@ def make_backend(name: str, runner: Runner | None = None) -> Backend:
     if name == "nftables":
         return NftablesBackend(runner)
     raise ValueError(f"unknown iptables backend {name!r}; choose one of "
-                     f"{', '.join(BACKEND_NAMES)}")
+                     f"{', '.join(BACKEND_CHOICES)}")
 
 
 def select_backend(name: str = "auto", runner: Runner | None = None) -> Backend:

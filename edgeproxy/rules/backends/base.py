@@ -1,72 +1,27 @@
-"""The backend interface and the command runner every backend shells out through.
+"""The backend interface, and what both backends share around it.
 
 A backend writes a `RuleSet` into the kernel, checks and repairs it, and removes it again.
-All commands go through a `Runner` so tests and benchmarks can run them inside a network
-namespace (``NamespaceRunner``) and the daemon runs them without blocking the gevent hub
-(through `edgeproxy.spawn` once gevent is loaded).
+All commands go through a `Runner` (`edgeproxy.tools`), so tests and benchmarks can run them
+inside a network namespace (`namespace_runner`) and the daemon runs them without blocking the
+gevent hub (a cooperative `LocalRunner`).
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence, TypeVar
+from typing import Callable, Protocol, TypeVar
+
+from edgeproxy.tools import LocalRunner, Runner
 
 from ..render import RuleSet
 
 T = TypeVar("T")
 
-COMMAND_TIMEOUT = 30.0  # seconds; iptables waits at most -w 5 for the lock, restore is fast
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-class Runner(Protocol):
-    def __call__(self, argv: Sequence[str], input: str | None = None) -> Result: ...
-
-
-class LocalRunner:
-    """Runs commands in this process's network namespace."""
-
-    def __init__(self, prefix: Sequence[str] = (), netns: str | None = None) -> None:
-        self.prefix = list(prefix)
-        # The named namespace the prefix enters (None: ours), for reads done in-process over
-        # netlink (nfnetlink.py) instead of through a command.
-        self.netns = netns
-
-    def __call__(self, argv: Sequence[str], input: str | None = None) -> Result:
-        # Once gevent is loaded (the daemon, the keeper) edgeproxy.spawn: the hub keeps
-        # serving while iptables runs, and no fork copies the daemon's memory. The one-shot
-        # commands never import gevent.
-        try:
-            if "gevent" in sys.modules:
-                from edgeproxy import spawn
-
-                proc = spawn.run([*self.prefix, *argv], input=input, timeout=COMMAND_TIMEOUT)
-            else:
-                proc = subprocess.run([*self.prefix, *argv], input=input, capture_output=True,
-                                      text=True, timeout=COMMAND_TIMEOUT)
-        except FileNotFoundError as exc:
-            return Result(127, "", f"{argv[0]}: command not found ({exc})")
-        except subprocess.TimeoutExpired:
-            return Result(124, "", f"{argv[0]}: timed out after {COMMAND_TIMEOUT:.0f} s")
-        return Result(proc.returncode, proc.stdout, proc.stderr)
-
-
-def off_hub(func: Callable[..., T], *args: object) -> T:
-    """``func(*args)`` in gevent's native thread pool once gevent is loaded (the daemon), so
-    the hub keeps serving while the in-process kernel reads run (nfnetlink.py, xtables.py: the
-    kernel's copy of 10 MB and the hashing release the GIL); directly otherwise."""
-    if "gevent" in sys.modules:
-        import gevent
-
-        return gevent.get_hub().threadpool.apply(func, args)
+def off_hub(runner: Runner, func: Callable[..., T], *args: object) -> T:
+    """``func(*args)``, in gevent's thread pool when the backend's runner is cooperative (see
+    `LocalRunner.off_hub`); directly for any other runner (a test's fake)."""
+    if isinstance(runner, LocalRunner):
+        return runner.off_hub(func, *args)
     return func(*args)
 
 
@@ -76,11 +31,6 @@ def netlink_target(runner: Runner) -> tuple[bool, str | None]:
     if isinstance(runner, LocalRunner) and (not runner.prefix or runner.netns is not None):
         return True, runner.netns
     return False, None
-
-
-def namespace_runner(netns_name: str) -> LocalRunner:
-    """Runs every command inside ``ip netns exec NAME`` (tests, benchmarks, demo)."""
-    return LocalRunner(["ip", "netns", "exec", netns_name], netns=netns_name)
 
 
 class BackendError(RuntimeError):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .base import LocalRunner, Runner
+from edgeproxy.tools import LocalRunner, Runner
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,10 @@ from ..render import (ALL_OWN_CHAINS, JUMPS, KUBE_SERVICES, OWN_CHAINS, TABLES, 
                       format_rule)
 from .. import nfnetlink, xtables
 from ..incremental import incremental_restore_text
-from .base import (BackendError, CleanupReport, LocalRunner, Runner, netlink_target, off_hub,
-                   only_our_writes)
+from edgeproxy.tools import LocalRunner, Runner
+
+from .base import BackendError, CleanupReport, netlink_target
+from .check import StagedCheck
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +40,13 @@ class IptablesRestoreBackend:
         self.flavor = flavor
         self.name = flavor
         self.run = runner or LocalRunner()
-        # nf_tables generation at the last check that found everything right, and for which
-        # rule set (nft flavour only: legacy tables have no generation). See check_and_repair.
         self._netlink, self._netns = netlink_target(self.run)
-        self._clean: tuple[int, RuleSet] | None = None
-        # Raw-rule digests at the last check that found everything right (see _digests).
-        self._verified: tuple[dict, RuleSet] | None = None
-        self.checks_skipped = 0  # checks answered by the unchanged generation alone
-        self.checks_digested = 0  # checks answered by the unchanged raw-rule digest
-        self.checks_compared = 0  # checks that read the tables (slices compared, no parsing)
-        self.checks_parsed = 0  # checks that had to parse a table (something differed)
         self.restores_total = 0  # successful iptables-restore transactions
+        self.checks_parsed = 0  # full checks that had to parse a table (something differed)
+        # See check_and_repair: the nft flavour has a generation, both have digests.
+        self.check = StagedCheck(self.run, self.generation, self._digests,
+                                 lambda: self.restores_total, self._repair_changed,
+                                 self._compare_and_repair)
 
     # -- commands -------------------------------------------------------------------------
 
@@ -155,16 +153,10 @@ class IptablesRestoreBackend:
 
         nft flavour: when the nf_tables generation moved by exactly our own transactions,
         nobody else wrote in between, so the table is what we just wrote and the next
-        periodic check is answered by the generation alone. Otherwise that check would read
-        the whole table (an iptables-nft-save, ~0.7 s at 10,000 services) after every one of
-        our writes, holding the keeper's lock while the next reload waits for it."""
-        self._clean = None
-        before, writes = self.generation(), self.restores_total
-        self._write(ruleset, previous)
-        if before is not None and ruleset.families:
-            after = self.generation()
-            if only_our_writes(before, after, self.restores_total - writes):
-                self._clean = (after, ruleset)
+        periodic check is answered by the generation alone (check.py). Otherwise that check
+        would read the whole table (an iptables-nft-save, ~0.7 s at 10,000 services) after
+        every one of our writes, holding the keeper's lock while the next reload waits."""
+        self.check.write(ruleset, lambda: self._write(ruleset, previous))
 
     def _write(self, ruleset: RuleSet, previous: RuleSet | None) -> None:
         for family in (4, 6):
@@ -243,55 +235,32 @@ class IptablesRestoreBackend:
     def check_and_repair(self, ruleset: RuleSet) -> list[str]:
         """Repairs made (empty when all was right); finds every kind of damage.
 
-        Every period checks every rule, each step only when the cheaper one before it cannot
-        vouch for the rules:
-        (1) nft flavour: the nf_tables generation is the one of the last clean check, so
-            nobody wrote anything since (0.1 ms);
-        (2) digests of the raw rules equal those taken at the last check that compared the
-            tables and found them right (nft flavour: per chain, our chains and the built-in
-            chains with our jumps, so writes elsewhere do not count; legacy: the whole
-            tables, counters left out; about half of an iptables-save at 20,000 rules).
-            nft flavour: the digests say which chains changed, so no table is read: our
-            chains that changed are rebuilt (only we write them), and the built-in chains
-            that changed (kube-proxy re-inserted its jump at rule 1) are listed with -S and
-            our jumps fixed;
-        (3) one iptables-save per table, our chains compared as slices of its text against
-            what we rendered (the save itself, plus a few ms);
-        (4) only when that differs, the table is parsed, planned and repaired.
-        The generation and the digests are read before the tables: a write during the check
-        makes the next one look again.
+        The stages are check.py's: (1) nft flavour: the nf_tables generation (0.1 ms);
+        (2) digests of the raw rules (nft flavour: per chain, our chains and the built-in
+        chains with our jumps, so writes elsewhere do not count; legacy: the whole tables,
+        counters left out; about half of an iptables-save at 20,000 rules). nft flavour: the
+        digests say which chains changed, so no table is read: our chains that changed are
+        rebuilt (only we write them), and the built-in chains that changed (kube-proxy
+        re-inserted its jump at rule 1) are listed with -S and our jumps fixed; (3) one
+        iptables-save per table, our chains compared as slices of its text against what we
+        rendered (the save itself, plus a few ms); only when that differs, the table is
+        parsed, planned and repaired.
         """
-        generation = self.generation()
-        if (generation is not None and self._clean is not None
-                and self._clean[0] == generation and self._clean[1] is ruleset):
-            if self._verified is None or self._verified[1] is not ruleset:
-                # Vouched for by our own write: take the reference digests now, while the
-                # unchanged generation proves they are of what we wrote, so that a later
-                # write by someone else is judged by digests and not by a full save.
-                digests = off_hub(self._digests, ruleset)
-                if digests is not None and self.generation() == generation:
-                    self._verified = (digests, ruleset)
-            self.checks_skipped += 1
-            return []
-        self._clean = None
-        digests = off_hub(self._digests, ruleset)
-        known = self._verified
-        self._verified = None
-        if digests is not None and known is not None and known[1] is ruleset:
-            changed = {key for key, value in digests.items() if known[0].get(key) != value}
-            if not changed or self.flavor == "nft":
-                self.checks_digested += 1
-                jump_chains = {j.chain for j in ruleset.jumps("nat") + ruleset.jumps("filter")}
-                own = {key for key in changed if key[2] not in jump_chains}
-                # Chains first: a jump needs its chain to exist.
-                repairs = self._rebuild(ruleset, own, digests) if own else []
-                repairs += self._fix_jumps(ruleset, changed - own) if changed - own else []
-                if not repairs:
-                    self._verified = (digests, ruleset)
-                    if generation is not None:
-                        self._clean = (generation, ruleset)
-                return repairs
-        self.checks_compared += 1
+        return self.check.check_and_repair(ruleset)
+
+    def _repair_changed(self, ruleset: RuleSet, changed: set[tuple[int, str, str]],
+                        digests: dict[tuple[int, str, str], str]) -> list[str] | None:
+        """nft flavour: repair the chains whose digests changed; legacy: None (its digest is
+        of a whole table, so the full check finds out what changed)."""
+        if self.flavor != "nft":
+            return None
+        jump_chains = {j.chain for j in ruleset.jumps("nat") + ruleset.jumps("filter")}
+        own = {key for key in changed if key[2] not in jump_chains}
+        # Chains first: a jump needs its chain to exist.
+        repairs = self._rebuild(ruleset, own, digests) if own else []
+        return repairs + (self._fix_jumps(ruleset, changed - own) if changed - own else [])
+
+    def _compare_and_repair(self, ruleset: RuleSet) -> list[str]:
         repairs: list[str] = []
         for family in ruleset.families:
             for table in ruleset.tables(family):
@@ -304,11 +273,6 @@ class IptablesRestoreBackend:
                 if text is not None:
                     self.restore(family, text)
                     repairs += problems
-        if not repairs:
-            if generation is not None:
-                self._clean = (generation, ruleset)
-            if digests is not None:
-                self._verified = (digests, ruleset)
         return repairs
 
     def _digests(self, ruleset: RuleSet) -> dict[tuple[int, str, str], str] | None:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import logging
 
-from ..render import NFT_TABLE, RuleSet, parse_nft_chains
+from ..render import NFT_TABLE, RuleSet
 from .. import nfnetlink
-from .base import (BackendError, CleanupReport, LocalRunner, Runner, netlink_target,
-                   off_hub, only_our_writes)
+from edgeproxy.tools import LocalRunner, Runner
+
+from .base import BackendError, CleanupReport, netlink_target
+from .check import StagedCheck
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +34,14 @@ class NftablesBackend:
     def __init__(self, runner: Runner | None = None) -> None:
         self.run = runner or LocalRunner()
         self._netlink, self._netns = netlink_target(self.run)
-        # Generation of the last clean check, and per family the raw-rule digests of our
-        # chains when they were known right, each with the rule set it was checked against.
-        self._clean: tuple[int, RuleSet] | None = None
-        self._verified: dict[int, tuple[dict[str, str], RuleSet]] = {}
         self._written: set[int] = set()  # families written by us since their last listing
         self._count_only: set[tuple[int, str]] = set()  # chains nft prints unlike our text
-        self.checks_skipped = 0  # answered by the unchanged generation alone
-        self.checks_compared = 0  # rule digest read and compared
-        self.checks_listed = 0  # `nft list table` needed (after a write, or something differs)
         self.writes_total = 0  # successful nft transactions that change the ruleset
+        # See check_and_repair. A write that vouches for the tables is exactly our text:
+        # nothing to learn about nft's formatting from the next listing.
+        self.check = StagedCheck(self.run, self.generation, self._digests,
+                                 lambda: self.writes_total, self._repair_changed,
+                                 self._list_and_repair, trusted=self._written.clear)
 
     def _nft(self, *args: str, input: str | None = None, check: bool = True):
         res = self.run(["nft", *args], input=input)
@@ -114,98 +114,70 @@ class NftablesBackend:
         When the nf_tables generation moved by exactly our own transactions, nobody else
         wrote in between: the tables are what we wrote, and the next periodic check is
         answered by the generation alone; it also takes the reference digests then (see
-        check_and_repair), so neither this write nor a repair waits for a digest read."""
-        self._clean = None
-        before, writes = self.generation(), self.writes_total
+        check.py), so neither this write nor a repair waits for a digest read."""
+        self.check.write(ruleset, lambda: self._write_all(ruleset))
+
+    def _write_all(self, ruleset: RuleSet) -> None:
         for family in (4, 6):
             if family in ruleset.families:
                 self._write(ruleset, family)
             else:
                 self._delete(family, CleanupReport())
-        self._trust_own_writes(ruleset, before, writes)
-
-    def _trust_own_writes(self, ruleset: RuleSet, before: int | None, writes: int) -> None:
-        after = self.generation()
-        if only_our_writes(before, after, self.writes_total - writes):
-            self._clean = (after, ruleset)
-            # The tables are exactly our text: nothing to learn about nft's formatting.
-            self._written.clear()
 
     def _write(self, ruleset: RuleSet, family: int) -> None:
         """Replace our table of ``family`` in one transaction."""
-        self._verified.pop(family, None)
         self._nft("-f", "-", input=ruleset.nft_text(family))
         self._written.add(family)
 
     def generation(self) -> int | None:
         return nfnetlink.generation(self._netns) if self._netlink else None
 
-    def _digests(self, ruleset: RuleSet, family: int) -> dict[str, str] | None:
+    def _digests(self, ruleset: RuleSet) -> dict[tuple[int, str], str] | None:
+        """Raw-rule digests of our chains, per (family, chain)."""
         if not self._netlink:
             return None
-        return off_hub(nfnetlink.chain_digests, family, NFT_TABLE,
-                       list(ruleset.nft_chain_rules(family)), self._netns)
-
-    def _verify(self, ruleset: RuleSet, family: int) -> list[str]:
-        """Problems of our table of ``family``. Compares the raw-rule digests of our chains
-        with those known right (after our own write, or a listing that found it right);
-        lists the table only when none are known."""
-        digests = self._digests(ruleset, family)
-        known = self._verified.pop(family, None)
-        if digests is not None:
-            self.checks_compared += 1
-            if known is not None and known[1] is ruleset:
-                if known[0] == digests:
-                    self._verified[family] = known
-                    return []
-                # Our table is ours alone: rules that changed since they were known right
-                # were changed behind our back. Rewrite without listing (0.8-1.7 s at 10,000).
-                where = f"nftables table {FAMILIES[family]} {NFT_TABLE}"
-                return [f"{where}: chain {chain} " + ("missing" if digest == "absent" else
-                                                      "changed behind our back")
-                        for chain, digest in digests.items() if known[0].get(chain) != digest]
-        self.checks_listed += 1
-        problems = self._problems(ruleset, family)
-        if not problems and digests is not None:
-            # The digests were read before the listing: if the table changed in between, the
-            # next check sees other digests and rewrites.
-            self._verified[family] = (digests, ruleset)
-        return problems
-
-    def check_and_repair(self, ruleset: RuleSet) -> list[str]:
-        """Repairs made. Every call finds every kind of damage (table, chain or rule gone,
-        added or changed) at a cost bounded by one dump of our rules: unchanged nf_tables
-        generation since the last clean check, nothing to do (0.1 ms); else the raw-rule
-        digest of our chains against the last verified one (~0.15 s at 20,000 rules); a full
-        listing only when there is none (a write of ours raced with another writer)."""
-        generation = self.generation()
-        if (generation is not None and self._clean is not None
-                and self._clean[0] == generation and self._clean[1] is ruleset):
-            for family in ruleset.families:
-                known = self._verified.get(family)
-                if known is None or known[1] is not ruleset:
-                    # Vouched for by our own write: the unchanged generation proves these
-                    # digests are of what we wrote; a later foreign write is judged by them.
-                    digests = self._digests(ruleset, family)
-                    if digests is not None and self.generation() == generation:
-                        self._verified[family] = (digests, ruleset)
-            self.checks_skipped += 1
-            return []
-        self._clean = None
-        repairs = []
-        before, writes = generation, self.writes_total
+        result: dict[tuple[int, str], str] = {}
         for family in ruleset.families:
-            problems = self._verify(ruleset, family)
+            per_chain = nfnetlink.chain_digests(family, NFT_TABLE,
+                                                list(ruleset.nft_chain_rules(family)),
+                                                self._netns)
+            if per_chain is None:
+                return None
+            result.update({(family, chain): d for chain, d in per_chain.items()})
+        return result
+
+    def _repair_changed(self, ruleset: RuleSet, changed: set[tuple[int, str]],
+                        digests: dict[tuple[int, str], str]) -> list[str]:
+        """Our table is ours alone: rules that changed since they were known right were
+        changed behind our back. Rewrite those families without listing (0.8-1.7 s at
+        10,000 services)."""
+        repairs = []
+        for family, chain in (key for key in digests if key in changed):  # in chain order
+            where = f"nftables table {FAMILIES[family]} {NFT_TABLE}"
+            repairs.append(f"{where}: chain {chain} " + (
+                "missing" if digests[(family, chain)] == "absent" else "changed behind our back"))
+        for family in sorted({family for family, _ in changed}):
+            self._write(ruleset, family)
+        return repairs
+
+    def _list_and_repair(self, ruleset: RuleSet) -> list[str]:
+        """The full check: list each family's table, compare, rewrite it when it differs."""
+        repairs = []
+        for family in ruleset.families:
+            problems = self._problems(ruleset, family)
             if problems:
                 self._write(ruleset, family)
                 repairs += problems
-        if not repairs and generation is not None:
-            self._clean = (generation, ruleset)
-        elif repairs:
-            # Our repair writes vouch for the tables the same way as apply's (the digests
-            # were read before them and did not write).
-            self._trust_own_writes(ruleset, before, writes)
         return repairs
+
+    def check_and_repair(self, ruleset: RuleSet) -> list[str]:
+        """Repairs made. Every call finds every kind of damage (table, chain or rule gone,
+        added or changed) at a cost bounded by one dump of our rules (check.py): unchanged
+        nf_tables generation since the last clean check, nothing to do (0.1 ms); else the
+        raw-rule digests of our chains against the last verified ones (~0.15 s at 20,000
+        rules); a full listing only when there are none (a write of ours raced with another
+        writer)."""
+        return self.check.check_and_repair(ruleset)
 
     def diagnose(self, ruleset: RuleSet | None) -> list[str]:
         if ruleset is not None:
@@ -227,3 +199,20 @@ class NftablesBackend:
         for family in (4, 6):
             self._delete(family, report)
         return report
+
+
+def parse_nft_chains(listing: str) -> dict[str, list[str]]:
+    """Rule lines per chain of ``nft list table`` output (stripped; the table's ``comment``
+    and a base chain's ``type`` line are not rules)."""
+    result: dict[str, list[str]] = {}
+    chain: str | None = None
+    for line in listing.splitlines():
+        s = line.strip()
+        if s.startswith("chain ") and s.endswith("{"):
+            chain = s.split()[1]
+            result[chain] = []
+        elif s == "}":
+            chain = None
+        elif chain is not None and s and not s.startswith("type "):
+            result[chain].append(s)
+    return result

@@ -1,0 +1,89 @@
+"""Fakes of the Daemon's parts (computer, proxy, keeper) for tests that run the daemon.
+
+They implement the Protocols of edgeproxy/daemon/core.py and views.py; test_views.py checks
+that they do, so a fake cannot drift from the interface it stands in for.
+"""
+
+from dataclasses import dataclass
+
+from edgeproxy.daemon.compute import Computed
+from edgeproxy.forwarding.stats import ServiceStats
+from edgeproxy.model import (DesiredState, Endpoint, FilterMode, Protocol, ServicePort,
+                             ServicePortKey, ServiceVerdict, SkipReason, SourceRef, Verdict)
+
+
+def port(name, vip):
+    key = ServicePortKey("default", name, "", Protocol.TCP)
+    return key, ServicePort(key, 80, (vip,), endpoints=(Endpoint("198.18.1.11", 8080),))
+
+
+def state(*names, errors=()):
+    ports = dict(port(n, f"198.19.0.{i + 10}") for i, n in enumerate(names))
+    skipped = ServiceVerdict(SourceRef("m.yaml", "9"), "monitoring", "metrics", Verdict.SKIP,
+                             SkipReason.LABEL)
+    return DesiredState(ports=ports, services=(skipped,), errors=tuple(errors))
+
+
+class FakeComputer:
+    def __init__(self):
+        self.filter_mode = FilterMode.FILTER_IF_LABEL_EXISTS
+        self.next = Computed(state("a", "b", "c", "d"), None, 4)
+        self.calls = []
+
+    def compute(self, changed, writing=frozenset()):
+        self.calls.append(changed)
+        return self.next
+
+    def close(self):
+        self.calls.append("close")
+
+
+class FakeProxy:
+    def __init__(self):
+        self.calls, self.ports = [], {}
+        self.udp_timeout, self.tcp_idle_timeout, self.drain_grace = 30.0, None, 0.0
+        self.max_connections = 10000
+
+    def start(self):
+        self.calls.append("start")
+
+    def reconcile(self, ports):
+        self.calls.append(("reconcile", set(ports)))
+        self.ports = {k: self.ports.get(k, 61000 + len(self.ports)) for k in ports}
+        return dict(self.ports)
+
+    def sync_routes(self, vips):
+        self.calls.append("routes")
+
+    def stats(self):
+        return {k: ServiceStats(active_connections=2, bytes_in=100) for k in self.ports}
+
+    def stop(self, grace=None):
+        self.calls.append("stop")
+
+
+@dataclass
+class FakeBackend:
+    name: str = "fake"
+
+
+class FakeKeeper:
+    def __init__(self, log):
+        self.log = log
+        self.backend = FakeBackend()
+        self.check_period = 1.0
+        self.repairs_total = 1
+        self.checks_total = 12
+        self.check_seconds_total = 0.5
+        self.last_repair_descriptions = ["jump moved"]
+        self.apply_errors_total = 0
+
+    def update(self, ruleset):
+        self.log.append(("rules", set(ruleset)))
+        return True
+
+    def start(self):
+        self.log.append("keeper-start")
+
+    def stop(self, cleanup=True):
+        self.log.append(("keeper-stop", cleanup))
