@@ -39,6 +39,22 @@ def run(args: argparse.Namespace) -> int:
         return 2
     configure_logging(config.log_format, config.verbosity)
     log = logging.getLogger("edgeproxy.daemon")
+    # One daemon per node, decided before anything on the node is touched.
+    from edgeproxy.daemon.instance import AlreadyRunning, acquire
+
+    try:
+        instance = acquire(config.state_dir)
+    except AlreadyRunning as exc:
+        log_event(log, logging.ERROR, "refusing to start", reason=str(exc))
+        print(f"edgeproxy run: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"edgeproxy run: cannot use the state directory {config.state_dir}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    from edgeproxy.daemon.logs import install_hub_error_handler
+
+    install_hub_error_handler()
     if os.geteuid() == 0 and not config.allow_insecure_manifests:
         # Files and directories inside are checked on every read (a bad one is refused alone,
         # edgeproxy/manifests/reader.py); a root whoever can rename or write is fatal.
@@ -68,3 +84,5 @@ def run(args: argparse.Namespace) -> int:
         log_event(log, logging.ERROR, "cannot start", error=str(exc))
         print(f"edgeproxy run: cannot start: {exc}", file=sys.stderr)
         return 1
+    finally:
+        instance.release()

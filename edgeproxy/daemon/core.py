@@ -48,7 +48,6 @@ WATCHER_START_WAIT = 5.0  # seconds; the watcher process is normally ready in ~0
 class Computation(ComputedView, Protocol):
     state: DesiredState
     file_count: int
-    retry: tuple[Path, ...]  # files that look half-written: read again shortly
 
 
 class Computer(Protocol):
@@ -75,6 +74,8 @@ class Proxy(ProxyView, Protocol):
     def sync_routes(self, vips: Iterable[str]) -> object: ...
 
     def stop(self, grace: float | None = None) -> None: ...
+
+    def verify(self) -> list[str]: ...
 
 
 class Keeper(KeeperView, Protocol):
@@ -388,6 +389,7 @@ class Daemon:
         interval = sdnotify.watchdog_interval(self.environ)
         if interval:
             gevent.spawn(self._watchdog_loop, interval)
+        gevent.spawn(self._data_path_loop)
         log_event(log, logging.INFO, "ready", ports=len(self.applied.ports),
                   errors=len(self.applied.errors), healthz="%s:%d" % c.healthz_bind_address)
 
@@ -399,6 +401,34 @@ class Daemon:
             log_event(log, logging.WARNING, "manifest watcher not ready; starting anyway, the "
                       "periodic rescan covers changes until it is",
                       waited_s=WATCHER_START_WAIT)
+
+    def _data_path_loop(self) -> None:
+        """Keep what serving depends on besides the rules (those are the keeper's): the listen
+        interface, its addresses and routes, the listeners; checked and repaired every
+        --iptables-sync-period, like the chains."""
+        while not self._stopped.wait(self.config.sync_period):
+            try:
+                repaired = self.proxy.verify() if self.proxy is not None else []
+            except Exception as exc:  # noqa: BLE001 - the next period tries again
+                log_event(log, logging.ERROR, "repairing the data path failed",
+                          error=f"{type(exc).__name__}: {exc}")
+                continue
+            if repaired:
+                log_event(log, logging.WARNING, "data path repaired", what="; ".join(repaired))
+
+    def health_problems(self) -> list[str]:
+        """Why captured traffic may not be served as the manifests say, right now ([] when
+        all is well): for /healthz, /readyz and `edgeproxy status`."""
+        problems = []
+        if self.queued_since is not None:
+            waited = time.monotonic() - self.queued_since
+            if waited > 2 * self.config.sync_period:
+                problems.append(f"a manifest change has waited {waited:.1f} s to be applied")
+        if self.proxy is not None:
+            problems += self.proxy.health_problems()
+        if self.keeper is not None and self.keeper.problem:
+            problems.append(self.keeper.problem)
+        return problems
 
     def _watchdog_loop(self, interval: float) -> None:
         # Pinged from the hub itself: a hub stuck in a blocking call stops pinging and
