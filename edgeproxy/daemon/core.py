@@ -185,16 +185,17 @@ class Daemon:
         self.servers: list[Any] = []
 
     # -- change intake -------------------------------------------------------------------------
-    def request_sync(self, paths: set[Path] | None, writing: frozenset[Path] = frozenset()
-                     ) -> None:
-        """Queue changed paths (None: rescan everything) and wake the runner. ``writing``:
-        files the watcher saw modified and not yet closed (their last good version serves
-        until they are)."""
+    def request_sync(self, paths: set[Path] | None,
+                     writing: frozenset[Path] | None = None) -> None:
+        """Queue changed paths (None: rescan everything) and wake the runner. ``writing``
+        (from the watcher): which of ``paths`` a writer still has open; their last good
+        version serves until they are closed. None: no news about that (a retry, SIGHUP)."""
         if paths is None:
             self._full_rescan = True
         elif self._pending_paths is not None:
             self._pending_paths |= paths
-        self._writing = (self._writing - (paths or set())) | set(writing)
+        if writing is not None:
+            self._writing = (self._writing - (paths or set())) | set(writing)
         if self.queued_since is None:
             self.queued_since = time.monotonic()
         if self.runner is not None:

@@ -3,8 +3,8 @@
 The watchdog observer runs in a child process without gevent
 (`edgeproxy.daemon.watch_process`, which says why); this module is the daemon's side of it.
 A greenlet reads the child's JSON lines from a pipe, the one hand-off between watchdog's
-threads and the hub, and calls ``on_change(paths[, writing])`` (``writing``: those of the
-paths a writer still has open, when there are any). ``paths is None`` means "rescan
+threads and the hub, and calls ``on_change(paths, writing)`` (``writing``: those of the
+paths a writer still has open). ``on_change(None)`` means "rescan
 everything": the root moved, a hidden entry changed (a ConfigMap volume's ``..data`` swap),
 events overflowed, or the watcher (re)started and may have missed something.
 
@@ -133,7 +133,7 @@ class DirectoryWatcher:
             writing = frozenset(Path(p) for p in message.get("writing", ()))
             self.events_total += len(paths)
             if paths:
-                self.on_change(paths, writing) if writing else self.on_change(paths)
+                self.on_change(paths, writing)
         elif event == "rescan":
             self.events_total += 1
             self.on_change(None)
