@@ -231,6 +231,12 @@ class LoadLimits:
     max_document_bytes: int = 1536 * 1024  # etcd's object limit; per kind: List item too
     max_file_bytes: int = 64 * 1024 * 1024  # a `kubectl get -o yaml` dump of a big cluster
     max_alias_expansion: int = 100_000  # nodes aliases may add beyond the document's own nodes
+    # YAML nodes one document (a kind: List dump counts as one) may compose into, estimated
+    # from the bytes before parsing: composing costs ~300 bytes of memory per node, so this
+    # caps one document at a few hundred MB instead of letting a 60 MiB list take gigabytes.
+    # A `kubectl get svc -A -o yaml` of 10,000 Services is ~1M.
+    max_document_nodes: int = 2_000_000
+    max_file_nodes: int = 8_000_000  # the same estimate for the whole file (bounds parse time)
     max_depth: int = 16  # directory depth below the root
     max_files: int = 100_000  # files per root
 

@@ -39,18 +39,41 @@ def run(args: argparse.Namespace) -> int:
         return 2
     configure_logging(config.log_format, config.verbosity)
     log = logging.getLogger("edgeproxy.daemon")
-    if os.geteuid() == 0 and not config.allow_insecure_manifests:
-        from edgeproxy.daemon.security import MAX_REPORTED, insecure_paths
+    # One daemon per node, decided before anything on the node is touched.
+    from edgeproxy.daemon.instance import AlreadyRunning, acquire
 
-        problems = insecure_paths(config.manifests)
+    try:
+        instance = acquire(config.state_dir)
+    except AlreadyRunning as exc:
+        log_event(log, logging.ERROR, "refusing to start", reason=str(exc))
+        print(f"edgeproxy run: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"edgeproxy run: cannot use the state directory {config.state_dir}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    from edgeproxy.daemon.logs import install_hub_error_handler
+
+    install_hub_error_handler()
+    if os.geteuid() == 0 and not config.allow_insecure_manifests:
+        # Files and directories inside are checked on every read (a bad one is refused alone,
+        # edgeproxy/manifests/reader.py); a root whoever can rename or write is fatal.
+        from pathlib import Path
+
+        from edgeproxy.manifests.reader import TrustContext, TrustPolicy
+
+        context = TrustContext(config.manifests, TrustPolicy(
+            trusted_roots=tuple(Path(p) for p in config.trusted_manifest_roots),
+            require_root_owned=True))
+        problems = context.root_problems(config.manifests)
         if problems:
-            for line in problems[:MAX_REPORTED]:
-                log_event(log, logging.ERROR, "insecure manifest path", problem=line)
-            print(f"edgeproxy run: refusing to serve {config.manifests}: {len(problems)} "
-                  "path(s) are writable by group/other or owned by another user than root, "
-                  "and whoever can write there steers this node's traffic. Fix with "
-                  f"`chown -R root: {config.manifests} && chmod -R go-w {config.manifests}` "
-                  "or pass --allow-insecure-manifests.", file=sys.stderr)
+            for line in problems:
+                log_event(log, logging.ERROR, "insecure manifest root", problem=line)
+            print(f"edgeproxy run: refusing to serve {config.manifests}: "
+                  f"{'; '.join(problems)}. Whoever can write there steers this node's "
+                  "traffic. Fix the ownership and modes (root-owned, not writable by group or "
+                  "other; a world-writable parent needs the sticky bit) or pass "
+                  "--allow-insecure-manifests.", file=sys.stderr)
             return 1
     from edgeproxy.daemon.core import Daemon
 
@@ -61,3 +84,5 @@ def run(args: argparse.Namespace) -> int:
         log_event(log, logging.ERROR, "cannot start", error=str(exc))
         print(f"edgeproxy run: cannot start: {exc}", file=sys.stderr)
         return 1
+    finally:
+        instance.release()

@@ -52,6 +52,11 @@ def build_report(objects, state) -> dict:
     from edgeproxy.state.filtering import service_vips
 
     bodies = {(o.source.file, o.source.document): o.body for o in objects if o.kind == "Service"}
+    # Each Service's proxied ports, looked up by (source, port name, protocol): a scan of
+    # every port per Service port was 50 million comparisons at 10,000 Services.
+    proxied_by: dict[tuple, object] = {}
+    for key, sp in state.ports.items():
+        proxied_by.setdefault((sp.source, key.port_name, key.protocol.value), sp)
     services = []
     for verdict in state.services:
         body = bodies.get((verdict.source.file, verdict.source.document)) or {}
@@ -60,9 +65,7 @@ def build_report(objects, state) -> dict:
         for p in spec.get("ports") or []:
             name = p.get("name") or ""
             protocol = p.get("protocol") or "TCP"
-            proxied = next((sp for key, sp in state.ports.items()
-                            if sp.source == verdict.source and key.port_name == name
-                            and key.protocol.value == protocol), None) \
+            proxied = proxied_by.get((verdict.source, name, protocol)) \
                 if verdict.verdict.value == "proxy" else None
             entry = {
                 "name": name,

@@ -9,12 +9,12 @@ Modules (one responsibility each):
 - `logs`      one-line key=value / JSON logging, journald-aware, rate-limited per message.
 - `sdnotify`  the systemd NOTIFY_SOCKET datagram protocol (READY=1, WATCHDOG=1, STOPPING=1).
 - `runner`    kube-proxy's bounded-frequency runner as a greenlet, on an injectable clock.
-- `watcher`   supervises the watchdog observer, which runs in a child process without
-              gevent (`watch_process`), and hands its events to the hub.
+- `watcher`   supervises the watchdog process (`watch_process`) and hands its events to the hub.
 - `guard`     the mass-removal guard (pure decision).
-- `security`  manifest directory ownership/permission check.
-- `compute`   loading + validating + building the desired state off the hub (in gevent's
-              native thread pool), with the catalog and builder cache it keeps.
+- `compute`   loading + validating + building the desired state off the hub (the parse worker
+              process reads and parses, the thread pool builds), with the catalog and the
+              builder cache it keeps.
+- `instance`  one daemon per node: an exclusive lock held for the life of `edgeproxy run`.
 - `views`     what status, metrics and http read of the daemon (Protocols) and its counters.
 - `status`    the /status document and its text rendering (pure).
 - `metrics`   the prometheus-client collector reading plain counters.

@@ -42,6 +42,7 @@ class DaemonConfig:
     log_format: str
     verbosity: int
     allow_insecure_manifests: bool
+    trusted_manifest_roots: tuple[str, ...]
     cleanup_on_exit: bool
     drain_grace: float
     max_removal_ratio: float
@@ -57,8 +58,10 @@ class DaemonConfig:
         out: dict[str, Any] = {}
         for option in OPTIONS:
             value = getattr(self, option.dest)
-            if isinstance(value, tuple):
+            if option.dest.endswith("_bind_address"):
                 value = f"{value[0]}:{value[1]}"
+            elif isinstance(value, tuple):
+                value = list(value)
             elif isinstance(value, Path):
                 value = str(value)
             out[option.key] = value

@@ -38,6 +38,7 @@ from edgeproxy.rules.render import RuleSet
 
 log = logging.getLogger("edgeproxy.daemon")
 
+RETRY_DELAY = 0.25  # seconds before a probably half-written file is read again
 WATCHER_START_WAIT = 5.0  # seconds; the watcher process is normally ready in ~0.2 s
 
 
@@ -53,7 +54,10 @@ class Computation(ComputedView, Protocol):
 class Computer(Protocol):
     filter_mode: FilterMode
 
-    def compute(self, changed: set[Path] | None) -> Computation: ...
+    def compute(self, changed: set[Path] | None,
+                writing: frozenset[Path] = frozenset()) -> Computation: ...
+
+    def close(self) -> None: ...
 
 
 class Proxy(ProxyView, Protocol):
@@ -71,6 +75,8 @@ class Proxy(ProxyView, Protocol):
     def sync_routes(self, vips: Iterable[str]) -> object: ...
 
     def stop(self, grace: float | None = None) -> None: ...
+
+    def verify(self) -> list[str]: ...
 
 
 class Keeper(KeeperView, Protocol):
@@ -104,9 +110,15 @@ def default_factories(config: DaemonConfig) -> dict[str, Callable[[], Any]]:
     """The real pieces; tests pass fakes that follow the same interfaces."""
 
     def computer():
-        from edgeproxy.daemon.compute import StateComputer
+        import os
 
-        return StateComputer(config.manifests, FilterMode(config.service_filter_mode))
+        from edgeproxy.daemon.compute import StateComputer
+        from edgeproxy.manifests.reader import TrustPolicy
+
+        policy = TrustPolicy(
+            trusted_roots=tuple(Path(p) for p in config.trusted_manifest_roots),
+            require_root_owned=os.geteuid() == 0 and not config.allow_insecure_manifests)
+        return StateComputer(config.manifests, FilterMode(config.service_filter_mode), policy)
 
     def proxy():
         from edgeproxy.forwarding.ports import PortRange
@@ -170,6 +182,8 @@ class Daemon:
         self.last_applied_wall: float | None = None  # for /healthz lastUpdated
         self.queued_since: float | None = None  # monotonic: oldest change not yet applied
         self._pending_paths: set[Path] | None = set()
+        self._writing: set[Path] = set()
+        self._retry_timer: Any = None
         self._full_rescan = True
         self._force_apply = False
         self._phases: dict[str, float] = {}
@@ -180,12 +194,17 @@ class Daemon:
         self.servers: list[Any] = []
 
     # -- change intake -------------------------------------------------------------------------
-    def request_sync(self, paths: set[Path] | None) -> None:
-        """Queue changed paths (None: rescan everything) and wake the runner."""
+    def request_sync(self, paths: set[Path] | None,
+                     writing: frozenset[Path] | None = None) -> None:
+        """Queue changed paths (None: rescan everything) and wake the runner. ``writing``
+        (from the watcher): which of ``paths`` a writer still has open; their last good
+        version serves until they are closed. None: no news about that (a retry, SIGHUP)."""
         if paths is None:
             self._full_rescan = True
         elif self._pending_paths is not None:
             self._pending_paths |= paths
+        if writing is not None:
+            self._writing = (self._writing - (paths or set())) | set(writing)
         if self.queued_since is None:
             self.queued_since = time.monotonic()
         if self.runner is not None:
@@ -261,9 +280,11 @@ class Daemon:
             self.watcher.reschedule()
         try:
             self._phases = {}
-            computed = self.computer.compute(paths)
+            computed = self.computer.compute(paths, writing=frozenset(self._writing))
             self._phase("compute", start)
             self.last_computed = computed
+            if computed.retry:
+                self._retry_soon(set(computed.retry))
             self._apply(computed)
         except Exception:
             # Retry everything that was pending: the runner backs off and calls us again.
@@ -278,6 +299,18 @@ class Daemon:
         if self.queued_since == queued_at:
             self.queued_since = None
         self.last_applied_wall = time.time()
+
+    def _retry_soon(self, paths: set[Path]) -> None:
+        """Files that look half-written are read again shortly (one timer at a time)."""
+        if self._retry_timer is not None and not self._retry_timer.dead:
+            self._retry_paths |= paths
+            return
+        self._retry_paths = set(paths)
+
+        def fire() -> None:
+            self.request_sync(self._retry_paths)
+
+        self._retry_timer = gevent.spawn_later(RETRY_DELAY, fire)
 
     def _phase(self, name: str, since: float) -> float:
         """Record how long a sync phase took (shown in the "sync applied" line, so a slow
@@ -366,6 +399,7 @@ class Daemon:
         interval = sdnotify.watchdog_interval(self.environ)
         if interval:
             gevent.spawn(self._watchdog_loop, interval)
+        gevent.spawn(self._data_path_loop)
         log_event(log, logging.INFO, "ready", ports=len(self.applied.ports),
                   errors=len(self.applied.errors), healthz="%s:%d" % c.healthz_bind_address)
 
@@ -377,6 +411,34 @@ class Daemon:
             log_event(log, logging.WARNING, "manifest watcher not ready; starting anyway, the "
                       "periodic rescan covers changes until it is",
                       waited_s=WATCHER_START_WAIT)
+
+    def _data_path_loop(self) -> None:
+        """Keep what serving depends on besides the rules (those are the keeper's): the listen
+        interface, its addresses and routes, the listeners; checked and repaired every
+        --iptables-sync-period, like the chains."""
+        while not self._stopped.wait(self.config.sync_period):
+            try:
+                repaired = self.proxy.verify() if self.proxy is not None else []
+            except Exception as exc:  # noqa: BLE001 - the next period tries again
+                log_event(log, logging.ERROR, "repairing the data path failed",
+                          error=f"{type(exc).__name__}: {exc}")
+                continue
+            if repaired:
+                log_event(log, logging.WARNING, "data path repaired", what="; ".join(repaired))
+
+    def health_problems(self) -> list[str]:
+        """Why captured traffic may not be served as the manifests say, right now ([] when
+        all is well): for /healthz, /readyz and `edgeproxy status`."""
+        problems = []
+        if self.queued_since is not None:
+            waited = time.monotonic() - self.queued_since
+            if waited > 2 * self.config.sync_period:
+                problems.append(f"a manifest change has waited {waited:.1f} s to be applied")
+        if self.proxy is not None:
+            problems += self.proxy.health_problems()
+        if self.keeper is not None and self.keeper.problem:
+            problems.append(self.keeper.problem)
+        return problems
 
     def _watchdog_loop(self, interval: float) -> None:
         # Pinged from the hub itself: a hub stuck in a blocking call stops pinging and
@@ -442,6 +504,8 @@ class Daemon:
                 server.stop(timeout=1)
             except Exception:  # noqa: BLE001
                 pass
+        if self.computer is not None:
+            self.computer.close()  # the parse worker is killed, never waited for
         self._done.set()
 
     def run_forever(self) -> int:

@@ -1,8 +1,10 @@
 """The daemon's two small HTTP servers (WSGI, served by gevent.pywsgi on 127.0.0.1).
 
-healthz server: ``/healthz`` (kube-proxy compatible JSON ``{"lastUpdated", "currentTime"}``,
-503 when a queued change has waited more than twice --iptables-sync-period), ``/readyz``
-(200 once the first sync was applied and everything started), ``/status`` (JSON for
+healthz server: ``/healthz`` (kube-proxy compatible JSON ``{"lastUpdated", "currentTime"}``
+plus ``"problems"``; 503 while captured traffic cannot be served as the manifests say: a
+change waiting more than twice --iptables-sync-period, the listen interface or an address
+gone, a listener closed, rules that could not be applied), ``/readyz`` (200 once the first
+sync was applied and everything started, and nothing of /healthz's list is wrong), ``/status`` (JSON for
 `edgeproxy status`), ``POST /confirm-removal`` (apply a held mass removal).
 metrics server: ``/metrics`` (Prometheus text format).
 """
@@ -30,12 +32,6 @@ def _iso(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def healthz_verdict(queued_since: float | None, now_monotonic: float,
-                    sync_period: float) -> bool:
-    """kube-proxy's rule: unhealthy when a change is queued and unapplied for 2x sync period."""
-    return queued_since is None or now_monotonic - queued_since <= 2 * sync_period
-
-
 def _json(start_response: Callable, code: int, body: Any) -> Iterable[bytes]:
     data = (json.dumps(body, indent=None, default=str) + "\n").encode()
     start_response(_REASONS[code], [("Content-Type", "application/json"),
@@ -48,13 +44,15 @@ def healthz_app(daemon: DaemonView) -> Callable:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
         if path == "/healthz":
-            healthy = healthz_verdict(daemon.queued_since, time.monotonic(),
-                                      daemon.config.sync_period)
-            return _json(start_response, 200 if healthy else 503,
+            problems = daemon.health_problems()
+            return _json(start_response, 503 if problems else 200,
                          {"lastUpdated": _iso(daemon.last_applied_wall),
-                          "currentTime": _iso(time.time())})
+                          "currentTime": _iso(time.time()), "problems": problems})
         if path == "/readyz":
-            return _json(start_response, 200 if daemon.ready else 503, {"ready": daemon.ready})
+            problems = daemon.health_problems() if daemon.ready else ["starting"]
+            ready = daemon.ready and not problems
+            return _json(start_response, 200 if ready else 503,
+                         {"ready": ready, "problems": problems})
         if path == "/status":
             return _json(start_response, 200, build_status(daemon))
         if path == "/confirm-removal":

@@ -166,3 +166,27 @@ def configure_logging(fmt: str = "text", verbosity: int = 0, stream: TextIO | No
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbosity >= 1 else logging.INFO)
     return handler
+
+
+def install_hub_error_handler(hub: Any = None) -> None:
+    """Route errors the gevent hub reports (a greenlet or callback that raised) into the
+    log as one rate-limited line with the error and where it happened, instead of gevent's
+    multi-line traceback on stderr. The traceback itself is kept only at debug verbosity."""
+    import traceback
+
+    import gevent
+
+    hub = hub or gevent.get_hub()
+    log = logging.getLogger("edgeproxy.hub")
+
+    def print_exception(context: Any, kind: type, value: BaseException, tb: Any) -> None:
+        frames = traceback.extract_tb(tb) if tb is not None else []
+        where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" \
+            if frames else None
+        fields: dict[str, Any] = {"error": f"{kind.__name__}: {value}", "at": where,
+                                  "context": repr(context)[:200] if context is not None else None}
+        if log.isEnabledFor(logging.DEBUG):
+            fields["traceback"] = "".join(traceback.format_exception(kind, value, tb))
+        log_event(log, logging.ERROR, "unexpected error in the event loop", **fields)
+
+    hub.print_exception = print_exception

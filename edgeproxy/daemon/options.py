@@ -85,6 +85,19 @@ def _ipv6_or_empty(value: Any) -> str:
     return "" if str(value) == "" else str(ipaddress.IPv6Address(str(value)))
 
 
+def _paths(value: Any) -> tuple[str, ...]:
+    """A list of directories (config file) or a comma-separated one (flag); absolute only."""
+    items = value if isinstance(value, (list, tuple)) else \
+        [part for part in str(value).split(",") if part.strip()]
+    out = []
+    for item in items:
+        text = str(item).strip()
+        if not text.startswith("/"):
+            raise ValueError(f"{text!r} is not an absolute path")
+        out.append(text)
+    return tuple(out)
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -168,6 +181,11 @@ OPTIONS: tuple[Option, ...] = (
            "run as root even when the manifest directory is writable by group/other or owned "
            "by another user (anyone who can write there steers this node's traffic)",
            is_bool=True),
+    Option("trusted_manifest_roots", "--trusted-manifest-roots", "trustedManifestRoots", [],
+           _paths,
+           "directories outside the manifest directory that its symlinks may lead into "
+           "(comma-separated; default none: a symlink out of the manifest root is refused)",
+           "DIR[,DIR...]"),
     Option("cleanup_on_exit", "--cleanup-on-exit", "cleanupOnExit", True, _bool,
            "remove the rules on SIGTERM so kube-proxy takes the traffic back "
            "(--no-cleanup-on-exit keeps them)", is_bool=True),

@@ -18,7 +18,7 @@ from edgeproxy.daemon.config import DaemonConfig
 RESTART_ONLY = frozenset({
     "manifests", "iptables_backend", "proxy_port_range", "healthz_bind_address",
     "metrics_bind_address", "state_dir", "listen_address", "listen_address_v6",
-    "listen_interface", "allow_insecure_manifests", "config_file",
+    "listen_interface", "allow_insecure_manifests", "trusted_manifest_roots", "config_file",
 })
 
 

@@ -67,8 +67,14 @@ def build_status(daemon: DaemonView) -> dict[str, Any]:
     keeper = daemon.keeper
     computed = daemon.last_computed
     held = daemon.held
+    try:
+        problems = daemon.health_problems()
+    except Exception as exc:  # noqa: BLE001 - status must answer even when a piece misbehaves
+        problems = [f"cannot check health: {exc}"]
     return {
         "ready": daemon.ready,
+        "healthy": not problems,
+        "problems": problems,
         "manifests": str(daemon.config.manifests),
         "rootError": computed.root_error if computed is not None else None,
         "backend": keeper.backend.name if keeper is not None else None,
@@ -84,6 +90,8 @@ def build_status(daemon: DaemonView) -> dict[str, Any]:
                   "maxRemovalRatio": daemon.config.max_removal_ratio,
                   "holdsTotal": daemon.counters.holds_total},
         "watcher": _watcher(daemon),
+        "retrying": [str(p) for p in computed.retry] if computed is not None else [],
+        "dataPathRepairsTotal": daemon.proxy.repairs_total if daemon.proxy is not None else 0,
         "repairs": {"total": keeper.repairs_total if keeper is not None else 0,
                     "last": list(keeper.last_repair_descriptions) if keeper is not None else [],
                     "applyErrorsTotal": keeper.apply_errors_total if keeper is not None else 0},
@@ -104,6 +112,10 @@ def render_text(doc: dict[str, Any]) -> str:
              f"ready: {'yes' if doc.get('ready') else 'no'}"]
     if doc.get("rootError"):
         lines.append(f"manifest root error: {doc['rootError']}")
+    for problem in doc.get("problems") or []:
+        lines.append(f"UNHEALTHY: {problem}")
+    if doc.get("retrying"):
+        lines.append(f"being written, read again shortly: {', '.join(doc['retrying'])}")
     guard = doc.get("guard") or {}
     if guard.get("held"):
         lines.append(f"HELD: {guard.get('reason')} -- still serving the last good state; "

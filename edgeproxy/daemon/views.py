@@ -13,6 +13,7 @@ rather than in ``core`` so that ``metrics`` needs nothing of ``core`` (``core`` 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping, Protocol, runtime_checkable
 
 from edgeproxy.daemon.config import DaemonConfig
@@ -64,6 +65,7 @@ class KeeperView(Protocol):
     check_seconds_total: float
     conntrack_deleted_total: int
     last_repair_descriptions: list[str]
+    problem: str | None  # why the rules are not known to be in place
 
 
 @runtime_checkable
@@ -78,7 +80,11 @@ class WatcherView(Protocol):
 
 @runtime_checkable
 class ProxyView(Protocol):
+    repairs_total: int  # data-path repairs: interface, addresses, listeners
+
     def stats(self) -> Mapping[ServicePortKey, ServiceStats]: ...
+
+    def health_problems(self) -> list[str]: ...
 
 
 @runtime_checkable
@@ -87,6 +93,7 @@ class ComputedView(Protocol):
 
     root_error: str | None
     errors: tuple[ManifestError, ...]
+    retry: tuple[Path, ...]  # files that look half-written: read again shortly
 
 
 @runtime_checkable
@@ -107,3 +114,5 @@ class DaemonView(Protocol):
     queued_since: float | None  # monotonic: the oldest change not yet applied
 
     def confirm_removal(self) -> bool: ...
+
+    def health_problems(self) -> list[str]: ...

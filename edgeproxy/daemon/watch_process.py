@@ -11,7 +11,9 @@ test it, whatever its version does inside; the daemon reads our stdout like any 
 Protocol, one JSON object per line on stdout:
   {"event": "ready", "target": "/resolved/root", "watchdog": "7.1.1"}
                                                     watches are in place (again, after a swap)
-  {"event": "changed", "paths": ["/root/a.yaml"]}   these files changed (under ROOT as given)
+  {"event": "changed", "paths": ["/root/a.yaml"], "writing": ["/root/b.yaml"]}
+                                                    these files changed (under ROOT as given);
+                                                    "writing": modified and not closed yet
   {"event": "rescan", "reason": "..."}             something changed that needs a full rescan
   {"event": "log", "level": "warning", "message": "...", ...}
 stdin: a line ``reschedule`` re-resolves the root now; end of file (the daemon exited or closed
@@ -109,6 +111,7 @@ class WatchProcess:
         self.target_watch = None
         self.parent_watch = None
         self.queue: deque[str] = deque()
+        self.open_for_write: set[str] = set()  # bounded by MAX_QUEUED like the queue
         self.overflow = False
         self.lock = threading.Lock()
         self.wake = threading.Event()
@@ -132,16 +135,24 @@ class WatchProcess:
                     paths.append(os.fsdecode(event.dest_path))
                 if event.is_directory:
                     paths.append("")
-                process.enqueue(paths)
+                # A writer at work: modified (or created) and not closed yet. inotify's
+                # IN_CLOSE_WRITE ("closed") or a rename ends it.
+                writing = (not event.is_directory
+                           and event.event_type in ("modified", "created"))
+                process.enqueue(paths, writing)
 
         return Handler()
 
-    def enqueue(self, paths: list[str]) -> None:
+    def enqueue(self, paths: list[str], writing: bool = False) -> None:
         with self.lock:
             if len(self.queue) >= MAX_QUEUED:
                 self.overflow = True
             else:
                 self.queue.extend(paths)
+                if writing:
+                    self.open_for_write.add(paths[0])
+                else:
+                    self.open_for_write.difference_update(paths)
         self.wake.set()
 
     # -- our main thread -----------------------------------------------------------------------
@@ -203,6 +214,9 @@ class WatchProcess:
                 self.queue.clear()
                 overflow, self.overflow = self.overflow, False
                 self.wake.clear()
+                if len(self.open_for_write) > MAX_QUEUED:
+                    self.open_for_write.clear()
+                writing = {p for p in raw if p in self.open_for_write}
             reason, changed = classify(raw, self.root, self.target)
             if reason == "root replaced" or (reason and self.target is None):
                 self.reschedule()
@@ -211,7 +225,9 @@ class WatchProcess:
             if reason:
                 self.out.send(event="rescan", reason=reason)
             elif changed:
-                self.out.send(event="changed", paths=sorted(str(p) for p in changed))
+                _, open_now = classify(writing, self.root, self.target)
+                self.out.send(event="changed", paths=sorted(str(p) for p in changed),
+                              writing=sorted(str(p) for p in open_now & changed))
 
     def stop(self) -> None:
         self.observer.stop()

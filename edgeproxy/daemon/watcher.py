@@ -3,7 +3,8 @@
 The watchdog observer runs in a child process without gevent
 (`edgeproxy.daemon.watch_process`, which says why); this module is the daemon's side of it.
 A greenlet reads the child's JSON lines from a pipe, the one hand-off between watchdog's
-threads and the hub, and calls ``on_change(paths)``. ``paths is None`` means "rescan
+threads and the hub, and calls ``on_change(paths, writing)`` (``writing``: those of the
+paths a writer still has open). ``on_change(None)`` means "rescan
 everything": the root moved, a hidden entry changed (a ConfigMap volume's ``..data`` swap),
 events overflowed, or the watcher (re)started and may have missed something.
 
@@ -40,7 +41,7 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 
 class DirectoryWatcher:
-    def __init__(self, root: Path, on_change: Callable[[set[Path] | None], None],
+    def __init__(self, root: Path, on_change: Callable[..., None],
                  command: list[str] | None = None) -> None:
         self.root = Path(root).absolute()
         self.on_change = on_change
@@ -120,14 +121,19 @@ class DirectoryWatcher:
             except (ValueError, KeyError, TypeError):
                 output.append(line.decode(errors="replace").rstrip())
                 continue
-            self._handle(event, message)
+            try:
+                self._handle(event, message)
+            except Exception as exc:  # noqa: BLE001 - a bad callback must not end watching
+                log_event(log, logging.ERROR, "handling a watcher event failed", event=event,
+                          error=f"{type(exc).__name__}: {exc}")
 
     def _handle(self, event: str, message: dict) -> None:
         if event == "changed":
             paths = {Path(p) for p in message.get("paths", ())}
+            writing = frozenset(Path(p) for p in message.get("writing", ()))
             self.events_total += len(paths)
             if paths:
-                self.on_change(paths)
+                self.on_change(paths, writing)
         elif event == "rescan":
             self.events_total += 1
             self.on_change(None)

@@ -1,8 +1,15 @@
 """edgeproxy's own interface and the routes an offline node needs (a thin shell around `ip`).
 
 * `ensure_interface` creates the dummy interface ``edgeproxy0`` holding the listen addresses
-  (169.254.96.17/32 and fd65:6467:6570::1/128 ``nodad``), idempotently. Both nat paths DNAT to
-  these addresses, so listeners bind only there and are no second way into the node.
+  (169.254.96.17/32 and fd65:6467:6570::1/128 ``nodad``), idempotently, and marks it ours
+  (``ip link set edgeproxy0 alias edgeproxy``). Both nat paths DNAT to these addresses, so
+  listeners bind only there and are no second way into the node. An interface of that name
+  found at start is adopted when it carries our mark or is a dummy/bridge holding nothing but
+  our addresses (what a killed run of ours leaves; the instance lock says no other edgeproxy
+  runs); anything else is used but never removed.
+* `data_path_problems` is the live check behind /healthz and the periodic repair: interface
+  present and up, listen addresses local. System calls only (``if_nametoindex``, an ioctl, a
+  ``bind``), no process, so it can run on every health request.
 * `RouteKeeper.sync` covers captured VIPs on a node with no route to them: a host process's
   packet is routed *before* nat OUTPUT runs, so without any route ``connect()`` to a VIP fails
   with ENETUNREACH and never reaches the DNAT rule. A host route ``VIP dev edgeproxy0`` is added
@@ -16,11 +23,17 @@ the gevent hub); tests pass a recording `Runner` instead.
 
 from __future__ import annotations
 
+import _socket
+import errno
+import fcntl
 import functools
 import ipaddress
+import json
 import logging
 import re
+import struct
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 from edgeproxy.model import ListenAddresses
@@ -41,10 +54,48 @@ def _check(result: Result, what: str) -> None:
         raise InterfaceError(f"{what} failed: {result.stderr.strip() or result.returncode}")
 
 
-def ensure_interface(listen: ListenAddresses, run: Runner = IP) -> bool:
-    """Create/refresh the dummy interface; returns whether IPv6 could be configured."""
+OWNER_ALIAS = "edgeproxy"  # `ip link set NAME alias edgeproxy`: created or adopted by us
+ADOPTABLE_KINDS = ("dummy", "bridge")
+
+
+@dataclass(frozen=True)
+class InterfaceInfo:
+    kind: str | None
+    alias: str | None
+    addresses: frozenset[str]  # "ip/prefixlen", link-local IPv6 left out
+
+
+def interface_info(name: str, run: Runner = IP) -> InterfaceInfo | None:
+    """What `ip -d -j addr show dev NAME` says, or None when there is no such interface."""
+    result = run(["ip", "-d", "-j", "addr", "show", "dev", name])
+    if result.returncode != 0:
+        return None
+    try:
+        entry = json.loads(result.stdout or "[]")[0]
+    except (ValueError, IndexError, TypeError):
+        return InterfaceInfo(None, None, frozenset())
+    addresses = frozenset(f"{a.get('local')}/{a.get('prefixlen')}" for a in entry.get("addr_info", ())
+                          if not str(a.get("local", "")).startswith("fe80:"))
+    return InterfaceInfo((entry.get("linkinfo") or {}).get("info_kind"), entry.get("ifalias"),
+                         addresses)
+
+
+def _ours(info: InterfaceInfo, listen: ListenAddresses) -> bool:
+    wanted = {f"{listen.ipv4}/32"} | ({f"{listen.ipv6}/128"} if listen.ipv6 else set())
+    return info.alias == OWNER_ALIAS or (info.kind in ADOPTABLE_KINDS and info.addresses <= wanted)
+
+
+@dataclass(frozen=True)
+class InterfaceSetup:
+    ipv6: bool  # the IPv6 listen address could be configured
+    owned: bool  # created or adopted: removed again on exit
+
+
+def ensure_interface(listen: ListenAddresses, run: Runner = IP) -> InterfaceSetup:
+    """Create or adopt the listen interface and put the listen addresses on it."""
     name = listen.interface
-    if run(["ip", "link", "show", "dev", name]).returncode != 0:
+    info = interface_info(name, run)
+    if info is None:
         result = run(["ip", "link", "add", name, "type", "dummy"])
         if result.returncode != 0:
             # Kernels built without the dummy driver (some minimal VM/edge kernels): an empty
@@ -53,22 +104,71 @@ def ensure_interface(listen: ListenAddresses, run: Runner = IP) -> bool:
                         name, result.stderr.strip())
             _check(run(["ip", "link", "add", name, "type", "bridge"]),
                    f"ip link add {name} type dummy|bridge")
+        owned = True
+    else:
+        owned = _ours(info, listen)
+        if not owned:
+            log.warning("interface %s exists and is not edgeproxy's (%s, addresses %s): using "
+                        "it for the listen addresses, never removing it", name,
+                        info.kind or "unknown kind", ", ".join(sorted(info.addresses)) or "none")
+    if owned:
+        run(["ip", "link", "set", name, "alias", OWNER_ALIAS])
     _check(run(["ip", "link", "set", name, "up"]), f"ip link set {name} up")
     _check(run(["ip", "addr", "replace", f"{listen.ipv4}/32", "dev", name]),
            f"ip addr replace {listen.ipv4}/32 dev {name}")
     if not listen.ipv6:
-        return False
+        return InterfaceSetup(False, owned)
     result = run(["ip", "-6", "addr", "replace", f"{listen.ipv6}/128", "dev", name, "nodad"])
     if result.returncode != 0:
         log.warning("IPv6 listen address %s not configured (%s); IPv6 services are not proxied",
                     listen.ipv6, result.stderr.strip())
+        return InterfaceSetup(False, owned)
+    return InterfaceSetup(True, owned)
+
+
+def remove_interface(listen: ListenAddresses, run: Runner = IP) -> bool:
+    """Delete the interface if it is still ours (it may have been replaced meanwhile)."""
+    info = interface_info(listen.interface, run)
+    if info is None or info.alias != OWNER_ALIAS:
         return False
+    run(["ip", "link", "del", listen.interface])
     return True
 
 
-def remove_interface(listen: ListenAddresses, run: Runner = IP) -> None:
-    if run(["ip", "link", "show", "dev", listen.interface]).returncode == 0:
-        run(["ip", "link", "del", listen.interface])
+_SIOCGIFFLAGS = 0x8913
+_IFF_UP = 0x1
+
+
+def data_path_problems(listen: ListenAddresses, ipv6: bool) -> list[str]:
+    """Why captured traffic cannot reach our listeners right now ([] when it can)."""
+    name = listen.interface
+    try:
+        _socket.if_nametoindex(name)
+    except OSError:
+        return [f"listen interface {name} is missing"]
+    problems = []
+    probe = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        request = struct.pack("16sH14x", name.encode()[:15], 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(probe.fileno(), _SIOCGIFFLAGS, request))[1]
+        if not flags & _IFF_UP:
+            problems.append(f"listen interface {name} is down")
+    except OSError:
+        pass
+    finally:
+        probe.close()
+    wanted = [(_socket.AF_INET, listen.ipv4)] + ([(_socket.AF_INET6, listen.ipv6)]
+                                                 if ipv6 and listen.ipv6 else [])
+    for family, address in wanted:
+        sock = _socket.socket(family, _socket.SOCK_DGRAM)
+        try:
+            sock.bind((address, 0))
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                problems.append(f"listen address {address} is not on the node")
+        finally:
+            sock.close()
+    return problems
 
 
 def _host_prefix(vip: str) -> str:
@@ -191,3 +291,8 @@ class RouteKeeper:
 
     def clear(self) -> None:
         self.sync(())
+
+    def recheck_soon(self) -> None:
+        """Look at the node's routing as a whole at the next sync (the interface and with it
+        every route on it may have been deleted)."""
+        self._last_recheck = float("-inf")

@@ -13,6 +13,11 @@ offline node needs; ``start``/``stop(grace)`` bracket it all:
   seconds before being reset; UDP sessions end with the listener.
 
 One housekeeping greenlet enforces idle timeouts, ends drains and expires affinity pins.
+
+Everything serving depends on is kept, not only set up: `verify` (the daemon calls it every
+--iptables-sync-period) finds a deleted or downed listen interface, a lost listen address or
+a closed listener, and puts it back (the interface with its addresses and its host routes,
+the listener on the same port); `health_problems` says, live, what is broken right now.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import gevent
 
 from edgeproxy.forwarding import listen as listen_mod
 from edgeproxy.forwarding.balancer import Balancer
+from edgeproxy.forwarding.budget import SocketBudget, pipes_for, soft_nofile
 from edgeproxy.forwarding.ports import (
     DEFAULT_PORT_RANGE,
     STATE_FILE_NAME,
@@ -89,11 +95,16 @@ class ProxyServer:
         self.reserve_port_range = manage_interface if reserve_port_range is None else (
             reserve_port_range)
         self.dial_timeouts = dial_timeouts
-        self.pipes = PipePool()
+        # One descriptor budget for every listener's connections and sessions (budget.py).
+        limit = soft_nofile()
+        self.budget = SocketBudget.from_rlimit(limit)
+        self.pipes = PipePool(max_pipes=pipes_for(limit))
         self.pipes.enabled = self.pipes.enabled and use_splice
         self.allocator = PortAllocator(self.port_range, self.state_dir / STATE_FILE_NAME)
         self.routes = listen_mod.RouteKeeper(listen)
         self.ipv6_ready = bool(listen.ipv6) and not manage_interface
+        self.interface_owned = False  # created or adopted by us: removed on stop
+        self.repairs_total = 0  # data-path repairs (interface, addresses, listeners)
         self._services: dict[ServicePortKey, TcpService | UdpService] = {}
         self._ports: dict[ServicePortKey, int] = {}
         self._specs: dict[ServicePortKey, ServicePort] = {}
@@ -108,7 +119,8 @@ class ProxyServer:
             return
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self.manage_interface:
-            self.ipv6_ready = listen_mod.ensure_interface(self.listen)
+            setup = listen_mod.ensure_interface(self.listen)
+            self.ipv6_ready, self.interface_owned = setup.ipv6, setup.owned
         if self.reserve_port_range:
             try:
                 reserve_ports(self.port_range)
@@ -142,7 +154,8 @@ class ProxyServer:
         self.pipes.close()
         if self.manage_interface:
             self.routes.clear()
-            listen_mod.remove_interface(self.listen)
+            if self.interface_owned:
+                listen_mod.remove_interface(self.listen)
         self._started = False
 
     # -- desired state -------------------------------------------------------------------------
@@ -172,11 +185,12 @@ class ProxyServer:
         if key.protocol is Protocol.TCP:
             service = TcpService(str(key), self._balancer_for(sp), stats, self.pipes,
                                  self.max_connections, self.tcp_idle_timeout,
+                                 budget=self.budget,
                                  **({"dial_timeouts": self.dial_timeouts}
                                     if self.dial_timeouts else {}))
         else:
             service = UdpService(str(key), self._balancer_for(sp), stats, self.udp_timeout,
-                                 self.max_udp_sessions)
+                                 self.max_udp_sessions, budget=self.budget)
         families = self._families(sp)
         bound: list[_socket.socket] = []
 
@@ -282,6 +296,51 @@ class ProxyServer:
             self.allocator.save()
         except OSError as exc:
             log.warning("cannot persist proxy ports in %s: %s", self.state_dir, exc)
+
+    # -- keeping the data path ----------------------------------------------------------------
+
+    def _missing_listeners(self) -> list[tuple[ServicePortKey, str]]:
+        missing = []
+        for key, service in self._services.items():
+            sp = self._specs.get(key)
+            if sp is None:
+                continue
+            have = {sock.family for sock, _ in service.listeners if sock.fileno() >= 0}
+            for family, _ in self._families(sp):
+                if family not in have:
+                    missing.append((key, "IPv6" if family == _socket.AF_INET6 else "IPv4"))
+        return missing
+
+    def health_problems(self) -> list[str]:
+        """What keeps captured traffic from being served right now ([] when nothing)."""
+        if not self._started:
+            return []
+        problems = []
+        if self.manage_interface:
+            problems += listen_mod.data_path_problems(self.listen, self.ipv6_ready)
+        problems += [f"{key}: no {family} listener on port {self._ports.get(key)}"
+                     for key, family in self._missing_listeners()]
+        return problems
+
+    def verify(self) -> list[str]:
+        """Repair what `health_problems` finds; returns what was repaired (for the log)."""
+        if not self._started:
+            return []
+        repaired: list[str] = []
+        if self.manage_interface:
+            broken = listen_mod.data_path_problems(self.listen, self.ipv6_ready)
+            if broken:
+                setup = listen_mod.ensure_interface(self.listen)
+                self.ipv6_ready = setup.ipv6
+                self.interface_owned = self.interface_owned or setup.owned
+                self.routes.recheck_soon()
+                self.routes.sync({vip for sp in self._specs.values() for vip in sp.vips})
+                repaired += broken
+        for key, family in self._missing_listeners():
+            self._sync_families(key, self._services[key], self._specs[key])
+            repaired.append(f"{key}: {family} listener was closed")
+        self.repairs_total += len(repaired)
+        return repaired
 
     # -- routes --------------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ import gevent
 from gevent.socket import wait_read
 
 from edgeproxy.forwarding.balancer import Balancer, NoEndpointsError
+from edgeproxy.forwarding.budget import SocketBudget
 from edgeproxy.forwarding.listeners import Listeners
 from edgeproxy.forwarding.splice import SPLICE_FLAGS, PipePool
 from edgeproxy.forwarding.stats import ServiceStats
@@ -460,8 +461,11 @@ class TcpService:
 
     def __init__(self, name: str, balancer: Balancer, stats: ServiceStats, pipes: PipePool,
                  max_connections: int = 10000, idle_timeout: float | None = None,
-                 dial_timeouts: tuple[float, ...] = DIAL_TIMEOUTS) -> None:
+                 dial_timeouts: tuple[float, ...] = DIAL_TIMEOUTS,
+                 budget: SocketBudget | None = None) -> None:
         self.name = name
+        # Each connection holds two descriptors (client, upstream) of the process-wide budget.
+        self.budget = budget or SocketBudget(1 << 30)
         self.balancer = balancer
         self.stats = stats
         self.pipes = pipes
@@ -525,11 +529,18 @@ class TcpService:
                 self._pause()  # back-pressure: the kernel backlog holds the rest
                 self.stats.accept_paused_total += 1
                 return
+            if not self.budget.take(2, "tcp"):
+                self._pause()  # the same back-pressure, until descriptors come back
+                self.stats.accept_paused_total += 1
+                self.budget.wait_for_room(self._maybe_resume)
+                return
             try:
                 fd, addr = lsock._accept()
             except BlockingIOError:
+                self.budget.give(2)
                 return
             except OSError as exc:
+                self.budget.give(2)
                 if exc.errno in _FATAL_ACCEPT:
                     self._accept_backoff(exc)
                     return
@@ -588,12 +599,14 @@ class TcpService:
         if upstream is None:
             reset_close(client)
             self.stats.connections_reset_total += 1
+            self.budget.give(2)
             self._maybe_resume()
             return
         if self.stats.draining_closed:
             # the service was removed and its drain already ended while we dialed
             reset_close(client)
             reset_close(upstream)
+            self.budget.give(2)
             return
         self._backoff = 0.0  # a connection got through: descriptors are available again
         conn = Connection(self, client, upstream)
@@ -603,13 +616,15 @@ class TcpService:
     # -- bookkeeping ---------------------------------------------------------------------------
 
     def connection_closed(self, conn: Connection) -> None:
-        self.connections.discard(conn)
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.budget.give(2)
         self._maybe_resume()
 
     def _maybe_resume(self) -> None:
         if (self._paused and self.accepting and self._backoff_timer is None
                 and self.active < self.max_connections):
-            self._resume()
+            self._resume()  # the next accept asks the budget again
 
     def sweep(self, now: float) -> int:
         """Close connections idle longer than the idle timeout; returns how many."""

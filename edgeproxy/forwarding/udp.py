@@ -30,6 +30,7 @@ from collections import OrderedDict
 import gevent
 
 from edgeproxy.forwarding.balancer import Balancer, NoEndpointsError
+from edgeproxy.forwarding.budget import SocketBudget
 from edgeproxy.forwarding.listeners import Listeners
 from edgeproxy.forwarding.stats import ServiceStats
 from edgeproxy.model import DEFAULT_UDP_TIMEOUT_SECONDS
@@ -65,8 +66,13 @@ class UdpService:
     """Listeners and sessions of one UDP service port."""
 
     def __init__(self, name: str, balancer: Balancer, stats: ServiceStats,
-                 timeout: float = DEFAULT_UDP_TIMEOUT_SECONDS, max_sessions: int = 10000) -> None:
+                 timeout: float = DEFAULT_UDP_TIMEOUT_SECONDS, max_sessions: int = 10000,
+                 budget: SocketBudget | None = None) -> None:
         self.name = name
+        # Every session socket counts against the process-wide descriptor budget, which may
+        # evict this service's idlest session to make room for another service's client.
+        self.budget = budget or SocketBudget(1 << 30)
+        self.budget.register_udp(self)
         self.balancer = balancer
         self.stats = stats
         self.timeout = timeout
@@ -102,10 +108,12 @@ class UdpService:
         self.accepting = False
         self.listeners.close()
         self.abort_all()
+        self.budget.unregister_udp(self)
 
     def abort_all(self) -> None:
         for session in list(self.sessions.values()):
             session.close()
+        self.budget.give(len(self.sessions))
         self.sessions.clear()
         self.stats.udp_sessions = 0
 
@@ -158,16 +166,20 @@ class UdpService:
                 return None  # a bound of 0 admits nobody
             self._close(self._idlest())
             self.stats.udp_evicted_total += 1
+        if not self.budget.take(1, "udp"):
+            return None  # no descriptor to spare, not even by evicting: drop (counted)
         family = _socket.AF_INET6 if ":" in ep.ip else _socket.AF_INET
         try:
             sock = _socket.socket(family, _socket.SOCK_DGRAM | _SOCK_NONBLOCK)
         except OSError as exc:  # out of descriptors: drop this datagram, keep serving others
+            self.budget.give(1)
             log.warning("%s: cannot open a session socket: %s", self.name, exc)
             return None
         try:
             sock.connect((ep.ip, ep.port))
         except OSError as exc:
             sock.close()
+            self.budget.give(1)
             self.stats.dial_failures_total += 1
             log.info("%s: cannot reach %s: %s", self.name, ep, exc)
             return None
@@ -207,7 +219,20 @@ class UdpService:
         if self.sessions.get(session.client) is session:
             del self.sessions[session.client]
         session.close()
+        self.budget.give(1)
         self.stats.udp_sessions = len(self.sessions)
+
+    # -- the descriptor budget's view ----------------------------------------------------------
+    def idlest_activity(self) -> float | None:
+        """When the least recently active session last saw traffic (None: no session)."""
+        return next(iter(self.sessions.values())).last_active if self.sessions else None
+
+    def evict_idlest(self) -> bool:
+        if not self.sessions:
+            return False
+        self._close(self._idlest())
+        self.stats.udp_evicted_total += 1
+        return True
 
     def _idlest(self) -> Session:
         """The least recently active session (there must be one): the first in order."""

@@ -11,24 +11,44 @@ name) that is invalid in the new version of its file keeps its previous valid ve
 errors are reported either way, and ``FileInfo.served_from_last_good`` says it happened. A
 deleted file removes its objects. The root is not resolved once: it is stat'ed on every refresh,
 so a root that is a symlink swapped by git-sync is followed.
+
+What is read, and how, is `reader.py`'s (containment, regular files only, ownership); parsing
+and validation are `loading.load_file`, run in-process or, for the daemon, by a parse worker
+process (`loader`). Files that changed are loaded as one batch per refresh.
+
+Half-written files: a file whose load failed in a way a writer still at work explains (it
+changed while read, vanished, or does not parse) and whose mtime is younger than ``settle``
+seconds, and a file the watcher says is still open for writing, are not believed yet: the
+last good version keeps serving (a new file serves nothing), ``snapshot.retry`` names them,
+and the daemon refreshes them again shortly. Only a failure that outlives the window is
+reported. (``settle=0``, for ``validate``: every file is judged as it is now.)
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from edgeproxy.model import KubeObject, LoadLimits, ManifestError
 from edgeproxy.state.builder import ChunkedObjects
 from edgeproxy.state.gcpause import gc_paused
 
 from .discovery import discover, is_manifest_name
-from .validation import validate_document
-from .yaml_loader import parse_bytes
+from .loading import LoadResult, StatKey, file_error, load_file, stat_key
+from .reader import TrustContext, TrustPolicy
 
-StatKey = tuple  # (st_dev, st_ino, st_size, st_mtime_ns)
+# loader(paths, root, policy, limits) -> {path: LoadResult}; see worker.ParseWorker.load
+Loader = Callable[[list[Path], Path, TrustPolicy, LoadLimits], Mapping[Path, LoadResult]]
+DEFAULT_SETTLE = 2.0  # seconds a failing file may still be "being written" (the daemon's)
+
+
+def load_in_process(paths: list[Path], root: Path, policy: TrustPolicy,
+                    limits: LoadLimits) -> dict[Path, LoadResult]:
+    context = TrustContext(root, policy)
+    return {path: load_file(path, context, limits) for path in paths}
 
 
 @dataclass(frozen=True)
@@ -51,24 +71,27 @@ class CatalogSnapshot:
     errors: tuple[ManifestError, ...]
     files: Mapping[Path, FileInfo]
     root_error: str | None = None
+    retry: tuple[Path, ...] = ()  # probably half-written: refresh these again shortly
 
 
-def _stat_key(st: os.stat_result) -> StatKey:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _file_error(path: Path, message: str) -> ManifestError:
-    return ManifestError(str(path), None, None, None, None, "", message)
+_file_error = file_error
 
 
 class ManifestCatalog:
     """Incremental loader of one manifest root (a directory, or a single file)."""
 
     def __init__(self, root: Path, limits: LoadLimits | None = None,
-                 keep_last_good: bool = False) -> None:
+                 keep_last_good: bool = False, policy: TrustPolicy | None = None,
+                 loader: Loader | None = None, settle: float = 0.0) -> None:
         self.root = Path(root)
         self.limits = limits or LoadLimits()
         self.keep_last_good = keep_last_good
+        self.policy = policy or TrustPolicy()
+        self.loader: Loader = loader or load_in_process
+        self.settle = settle
+        self._to_load: dict[Path, FileInfo | None] = {}
+        self._retry: list[Path] = []
+        self._writing: set[Path] = set()
         self._files: dict[Path, FileInfo] = {}
         self._root_problems: tuple[ManifestError, ...] = ()
         self._order: list[Path] | None = None  # sorted keys of _files, see _snapshot
@@ -77,12 +100,16 @@ class ManifestCatalog:
 
     # -- public -----------------------------------------------------------------------------
 
-    def refresh(self, changed_paths: Iterable[Path] | None = None) -> CatalogSnapshot:
-        """Bring the catalog up to date and return a snapshot (None = rescan everything)."""
+    def refresh(self, changed_paths: Iterable[Path] | None = None,
+                writing: Iterable[Path] = ()) -> CatalogSnapshot:
+        """Bring the catalog up to date and return a snapshot (None = rescan everything).
+        ``writing``: files the watcher saw modified and not yet closed."""
         with gc_paused():
-            return self._refresh(changed_paths)
+            return self._refresh(changed_paths, set(map(Path, writing)))
 
-    def _refresh(self, changed_paths: Iterable[Path] | None) -> CatalogSnapshot:
+    def _refresh(self, changed_paths: Iterable[Path] | None,
+                 writing: set[Path]) -> CatalogSnapshot:
+        self._to_load, self._retry, self._writing = {}, [], writing
         try:
             os.stat(self.root)
         except OSError as exc:
@@ -91,8 +118,17 @@ class ManifestCatalog:
             reason = "does not exist" if isinstance(exc, FileNotFoundError) else \
                 f"cannot be read: {exc.strerror or exc}"
             return CatalogSnapshot((), (), {}, f"manifest root {self.root} {reason}")
+        context = TrustContext(self.root, self.policy)
+        insecure = context.root_problems(self.root)
+        if insecure:
+            # Every file below would be refused; hold what is served (the guard keeps the last
+            # good state on a root error) and say why once.
+            return CatalogSnapshot((), (), {}, f"manifest root {self.root} is not safe: "
+                                               f"{'; '.join(insecure)}; whoever can write "
+                                               "there steers this node's traffic "
+                                               "(--allow-insecure-manifests overrides)")
         if changed_paths is None or not self.root.is_dir():
-            found = discover(self.root, self.limits)
+            found = discover(self.root, self.limits, context)
             self._root_problems = tuple(_file_error(Path(p), m) for p, m in found.problems)
             wanted = set(found.files)
             for gone in [p for p in self._files if p not in wanted]:
@@ -101,7 +137,8 @@ class ManifestCatalog:
                 self._update(path)
         else:
             for path in changed_paths:
-                self._update_changed(Path(path))
+                self._update_changed(Path(path), context)
+        self._load_pending()
         return self._snapshot()
 
     # -- internals --------------------------------------------------------------------------
@@ -118,7 +155,7 @@ class ManifestCatalog:
             return self.root / path
         return None
 
-    def _update_changed(self, path: Path) -> None:
+    def _update_changed(self, path: Path, context: TrustContext) -> None:
         mapped = self._under_root(path)
         if mapped is None:
             return
@@ -130,7 +167,7 @@ class ManifestCatalog:
                 self._update(known)
             return
         if mapped.is_dir():
-            found = discover(mapped, self.limits)
+            found = discover(mapped, self.limits, context)
             wanted = set(found.files)
             prefix = mapped.parts
             for known in [p for p in self._files if p.parts[:len(prefix)] == prefix]:
@@ -148,6 +185,7 @@ class ManifestCatalog:
             self._update(mapped)
 
     def _update(self, path: Path) -> None:
+        """Note ``path`` for loading when its stat key changed (loaded in `_load_pending`)."""
         previous = self._files.get(path)
         try:
             st = os.stat(path)
@@ -159,40 +197,43 @@ class ManifestCatalog:
                                                                      f"{exc.strerror or exc}")],
                         rejected=True)
             return
-        key = _stat_key(st)
-        if previous is not None and previous.stat_key == key:
+        if previous is not None and previous.stat_key == stat_key(st):
             return
-        self.parses_total += 1
-        objects, errors, rejected = self._load(path)
-        self._store(path, key, previous, objects, errors, rejected)
+        if path in self._writing and time.time() - st.st_mtime < self.settle:
+            self._retry.append(path)  # still open for writing: wait for its close
+            return
+        self._to_load[path] = previous
 
-    def _load(self, path: Path) -> tuple[list[KubeObject], list[ManifestError], bool]:
-        limit = self.limits.max_file_bytes
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read(limit + 1)
-        except OSError as exc:
-            return [], [_file_error(path, f"cannot read: {exc.strerror or exc}")], True
-        name = str(path)
-        if len(data) > limit:
-            return [], [_file_error(path, f"file is over the {limit}-byte limit")], True
-        parsed = parse_bytes(data, name, self.limits)
-        errors: list[ManifestError] = []
-        objects: list[KubeObject] = []
-        rejected = False
-        for document, path_in_doc, message in parsed.errors:
-            if document is None:
-                rejected = True
-            errors.append(ManifestError(name, document, None, None, None, path_in_doc, message))
-        if rejected:
-            return [], errors, True
-        for document, body in parsed.documents:
-            obj, problems = validate_document(name, document, body)
-            if obj is not None:
-                objects.append(obj)
-            errors.extend(problems)
-        errors.sort(key=_error_order)
-        return objects, errors, False
+    def _load_pending(self) -> None:
+        if not self._to_load:
+            return
+        paths = list(self._to_load)
+        self.parses_total += len(paths)
+        results = self.loader(paths, self.root, self.policy, self.limits)
+        now = time.time()
+        for path in paths:
+            previous = self._to_load[path]
+            result = results.get(path)
+            if result is None:
+                result = LoadResult(None, (), (_file_error(path, "not loaded"),), rejected=True)
+            if self._probably_half_written(result, path, now):
+                self._retry.append(path)
+                continue
+            self._store(path, result.stat_key, previous, list(result.objects),
+                        list(result.errors), result.rejected)
+
+    def _probably_half_written(self, result: LoadResult, path: Path, now: float) -> bool:
+        """A failure a writer at work explains, on a file changed less than ``settle`` ago."""
+        if result.retry:
+            mtime = result.mtime
+            if not mtime:
+                try:
+                    mtime = os.stat(path).st_mtime
+                except OSError:
+                    return False  # gone for good: a deleted file is handled as such
+            return now - mtime < self.settle
+        failed = result.rejected or bool(result.errors)
+        return failed and result.stat_key is not None and now - result.mtime < self.settle
 
     def _store(self, path: Path, key: StatKey | None, previous: FileInfo | None,
                objects: list[KubeObject], errors: list[ManifestError], rejected: bool) -> None:
@@ -229,14 +270,5 @@ class ManifestCatalog:
         # One chunk per file, the same tuple while the file is unchanged: build_state reuses
         # its work per chunk (see ChunkedObjects).
         objects = ChunkedObjects(info.objects for info in files.values() if info.objects)
-        return CatalogSnapshot(objects, tuple(errors), files, None)
+        return CatalogSnapshot(objects, tuple(errors), files, None, tuple(self._retry))
 
-
-def _doc_order(document: str | None) -> tuple:
-    if document is None:
-        return ()
-    return tuple(int(p) if p.isdigit() else -1 for p in document.split("/"))
-
-
-def _error_order(err: ManifestError) -> tuple:
-    return (_doc_order(err.document), err.path)

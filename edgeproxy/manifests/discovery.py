@@ -4,7 +4,10 @@ Owns the file-selection rules only (no parsing): ``*.yaml``, ``*.yml`` and ``*.j
 recursively; hidden files and directories are skipped, and so are editor and rsync temporaries.
 Visible symlinks are followed, which is what makes a ConfigMap volume work: its files are visible
 symlinks into the hidden ``..data`` directory, itself a symlink swapped atomically on update.
-The walk is bounded in depth and file count and never enters a directory twice (symlink loops).
+The walk is bounded in depth and file count and never enters a directory twice (symlink loops),
+nor a directory whose real path lies outside the manifest root (and the operator's trusted
+roots): such a symlink is reported and not followed (files are checked the same way when read,
+edgeproxy/manifests/reader.py).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeproxy.model import LoadLimits
+
+from .reader import TrustContext
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 # rsync writes ``.name.XXXXXX`` (6 random chars) before renaming; it is hidden anyway, but the
@@ -39,7 +44,8 @@ class Discovery:
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, message)
 
 
-def discover(root: Path, limits: LoadLimits | None = None) -> Discovery:
+def discover(root: Path, limits: LoadLimits | None = None,
+             context: TrustContext | None = None) -> Discovery:
     """Manifest files under ``root`` (a directory or a single file), sorted by path."""
     limits = limits or LoadLimits()
     result = Discovery()
@@ -82,6 +88,12 @@ def discover(root: Path, limits: LoadLimits | None = None) -> Discovery:
                 key = (dst.st_dev, dst.st_ino)
                 if key in seen_dirs:  # symlink loop or a directory linked twice
                     continue
+                if context is not None and entry.is_symlink():
+                    real = Path(os.path.realpath(path))
+                    if context.allowed_base(real) is None:
+                        result.problems.append((str(path), f"symlink to {real}, outside the "
+                                                           "manifest root: not read"))
+                        continue
                 seen_dirs.add(key)
                 stack.append((path, depth + 1))
             elif is_manifest_name(name):

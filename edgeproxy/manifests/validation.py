@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -68,6 +69,7 @@ def _is_ipv6(value: object) -> bool:
 
 
 _FORMATS: dict[str, Callable[[object], bool]] = {"ipv4": _is_ipv4, "ipv6": _is_ipv6}
+_KINDS_BY_LOWER = {kind.lower(): kind for kind in KNOWN_KINDS}
 
 
 @lru_cache(maxsize=None)
@@ -102,10 +104,91 @@ def _field_path(parts) -> str:
     return out
 
 
-def _message(error) -> str:
-    # jsonschema's messages embed the whole offending value; for a big object keep it short.
-    message = error.message
-    return message if len(message) <= 300 else message[:297] + "..."
+def _yaml(value: Any, limit: int = 80) -> str:
+    """A value as the user wrote it (YAML/JSON spelling: null, true, "text"), kept short."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        text = str(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+_JSON_TYPES = {"string": "a string", "integer": "an integer", "number": "a number",
+               "boolean": "true or false", "object": "a mapping", "array": "a list",
+               "null": "null"}
+_PYTHON_LITERALS = re.compile(r"\b(None|True|False)\b")
+
+
+def _message(error) -> tuple[str, str]:
+    """(extra path, message) for a jsonschema error, worded in YAML/JSON terms: jsonschema's
+    own messages are Python reprs (None, True, 'x')."""
+    kind, expected, got = error.validator, error.validator_value, error.instance
+    if kind == "type":
+        wanted = [expected] if isinstance(expected, str) else list(expected)
+        names = " or ".join(_JSON_TYPES.get(t, t) for t in wanted if t != "null")
+        return "", f"must be {names}, got {_yaml(got)}"
+    if kind == "required":
+        missing = [name for name in expected if isinstance(got, dict) and name not in got]
+        return (missing[0] if missing else ""), "required"
+    if kind == "enum":
+        return "", f"must be one of {', '.join(_yaml(v) for v in expected)}, got {_yaml(got)}"
+    if kind == "const":
+        return "", f"must be {_yaml(expected)}, got {_yaml(got)}"
+    if kind == "minimum":
+        return "", f"must be at least {expected}, got {_yaml(got)}"
+    if kind == "maximum":
+        return "", f"must be at most {expected}, got {_yaml(got)}"
+    if kind == "pattern":
+        return "", f"{_yaml(got)} is not valid (must match {expected})"
+    if kind == "maxLength":
+        return "", f"{_yaml(got)} is longer than {expected} characters"
+    if kind == "minLength":
+        return "", f"must not be empty" if expected == 1 else \
+            f"{_yaml(got)} is shorter than {expected} characters"
+    if kind == "maxItems":
+        return "", f"has {len(got)} items, at most {expected} are allowed"
+    if kind == "minItems":
+        return "", f"must have at least {expected} item{'s' if expected != 1 else ''}"
+    if kind == "format":
+        return "", f"{_yaml(got)} is not a valid {expected} address" \
+            if expected in ("ipv4", "ipv6") else f"{_yaml(got)} is not a valid {expected}"
+    if kind in ("anyOf", "oneOf") and "format" in json.dumps(expected):
+        return "", f"{_yaml(got)} is not a valid IP address"
+    message = _PYTHON_LITERALS.sub(lambda m: {"None": "null", "True": "true",
+                                              "False": "false"}[m.group(1)], error.message)
+    return "", message if len(message) <= 300 else message[:297] + "..."
+
+
+# Maps of strings: the API server decodes a null value there as "" (a key with an empty
+# value), elsewhere a null field is simply unset.
+_STRING_MAPS = frozenset({"labels", "annotations", "selector", "nodeSelector"})
+
+
+def drop_nulls(value: Any, key: str = "") -> Any:
+    """The document as the API server's decoding sees it: a mapping field set to null is
+    unset (Helm renders ``targetPort: null``, ``selector: null``, ``labels: null`` often), a
+    null value in a map of strings is "". Lists keep their items (a null item is an error).
+    Returns ``value`` itself when it holds no null (no copy for the common case)."""
+    if isinstance(value, dict):
+        changed = False
+        out = {}
+        string_map = key in _STRING_MAPS
+        for k, v in value.items():
+            if v is None:
+                changed = True
+                if string_map:
+                    out[k] = ""
+                continue
+            cleaned = drop_nulls(v, k) if isinstance(v, (dict, list)) else v
+            changed = changed or cleaned is not v
+            out[k] = cleaned
+        return out if changed else value
+    if isinstance(value, list):
+        cleaned_items = [drop_nulls(v) if isinstance(v, (dict, list)) else v for v in value]
+        if any(a is not b for a, b in zip(cleaned_items, value)):
+            return cleaned_items
+        return value
+    return value
 
 
 def validate_instance(schema_name: str, instance: Any) -> list[tuple[str, str]]:
@@ -121,7 +204,12 @@ def validate_instance(schema_name: str, instance: Any) -> list[tuple[str, str]]:
         except (RecursionError, TypeError, ValueError) as exc:  # non-string keys, deep nesting
             return [("", f"cannot be validated: {exc.__class__.__name__}: {exc}")]
         if errors:
-            return [(_field_path(e.absolute_path), _message(e)) for e in errors]
+            out = []
+            for e in errors:
+                extra, message = _message(e)
+                path = _field_path(e.absolute_path)
+                out.append((f"{path}.{extra}" if path and extra else path or extra, message))
+            return out
         return [("", str(fast_error))]
 
 
@@ -202,9 +290,17 @@ def _check_address(address: str, path: str, family: int | None) -> list[tuple[st
 def _check_endpoints(body: dict) -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = []
     for i, subset in enumerate(body.get("subsets") or []):
+        if not subset.get("addresses") and not subset.get("notReadyAddresses"):
+            errors.append((f"subsets[{i}]", "must specify addresses or notReadyAddresses"))
         for field in ("addresses", "notReadyAddresses"):
             for j, addr in enumerate(subset.get(field) or []):
                 errors += _check_address(addr["ip"], f"subsets[{i}].{field}[{j}].ip", None)
+        ports = subset.get("ports") or []
+        if len(ports) > 1:
+            for j, port in enumerate(ports):
+                if not port.get("name"):
+                    errors.append((f"subsets[{i}].ports[{j}].name",
+                                   "required when the subset has more than one port"))
     return errors
 
 
@@ -217,6 +313,19 @@ def _check_endpointslice(body: dict) -> list[tuple[str, str]]:
     for i, endpoint in enumerate(body.get("endpoints") or []):
         for j, address in enumerate(endpoint.get("addresses") or []):
             errors += _check_address(address, f"endpoints[{i}].addresses[{j}]", family)
+        zones = [z.get("name") for z in ((endpoint.get("hints") or {}).get("forZones") or [])]
+        for j, zone in enumerate(zones):
+            if zone in zones[:j]:
+                errors.append((f"endpoints[{i}].hints.forZones[{j}].name",
+                               f"duplicate zone {_yaml(zone)}"))
+    names: dict[str, int] = {}
+    for i, port in enumerate(body.get("ports") or []):
+        name = port.get("name") or ""
+        if name in names:
+            errors.append((f"ports[{i}].name", f"duplicate port name {_yaml(name)} (also "
+                                               f"ports[{names[name]}])"))
+        else:
+            names[name] = i
     return errors
 
 
@@ -232,7 +341,12 @@ def validate_document(file: str, document: str, body: dict,
     """Classify and validate one document: (object or None, errors).
 
     Objects of kinds edgeproxy does not use are returned unvalidated (they are only counted).
+    Fields set to null are unset first (`drop_nulls`), as the API server decodes them.
     """
+    try:
+        body = drop_nulls(body)
+    except RecursionError:
+        pass  # nested too deeply: the schema check below says so
     kind = body.get("kind")
     api_version = body.get("apiVersion")
     metadata = body.get("metadata")
@@ -254,6 +368,11 @@ def validate_document(file: str, document: str, body: dict,
     known = KNOWN_KINDS.get(kind)
     source = SourceRef(file, document)
     if known is None:
+        spelled = _KINDS_BY_LOWER.get(kind.lower())
+        if spelled is not None:
+            # kubectl and the API server would refuse it; ignoring it would lose a Service.
+            return None, [error("kind", f"unknown kind {_yaml(kind)}: kinds are case-sensitive, "
+                                        f"did you mean {spelled}?")]
         return KubeObject(kind, api_version, ns_text or DEFAULT_NAMESPACE, name_text or "",
                           source, body), []
     versions, schema_name = known

@@ -58,6 +58,9 @@ class RuleKeeper:
         self.apply_errors_total = 0
         self.conntrack_deleted_total = 0
         self.last_repair_descriptions: list[str] = []
+        # Why the rules are not known to be in place (the last apply or check failed), for
+        # /healthz; None while they are.
+        self.problem: str | None = None
         self._lock = gevent.lock.RLock()
         self._greenlet: gevent.Greenlet | None = None
 
@@ -80,8 +83,10 @@ class RuleKeeper:
                 self.backend.apply(ruleset, previous=written)
             except Exception as exc:  # noqa: BLE001 - keep running, retry on the next check
                 self.apply_errors_total += 1
+                self.problem = f"applying rules with backend {self.backend.name} failed: {exc}"
                 log.error("applying rules with backend %s failed: %s", self.backend.name, exc)
                 return False
+            self.problem = None
             self._written = ruleset
             current = _udp_targets(ruleset)
             changed = [t for t, dest in current.items() if previous.get(t) != dest]
@@ -100,10 +105,12 @@ class RuleKeeper:
                 repairs = self.backend.check_and_repair(self.ruleset)
             except Exception as exc:  # noqa: BLE001
                 self.apply_errors_total += 1
+                self.problem = f"checking rules with backend {self.backend.name} failed: {exc}"
                 log.error("checking rules with backend %s failed: %s", self.backend.name, exc)
                 return []
             finally:
                 self.check_seconds_total += time.monotonic() - started
+            self.problem = None
             self._written = self.ruleset  # checked (and repaired where needed)
             if repairs:
                 self.repairs_total += len(repairs)

@@ -31,9 +31,12 @@ class FakeComputer:
         self.next = Computed(state("a", "b", "c", "d"), None, 4)
         self.calls = []
 
-    def compute(self, changed):
+    def compute(self, changed, writing=frozenset()):
         self.calls.append(changed)
         return self.next
+
+    def close(self):
+        self.calls.append("close")
 
 
 class FakeProxy:
@@ -41,6 +44,18 @@ class FakeProxy:
         self.calls, self.ports = [], {}
         self.udp_timeout, self.tcp_idle_timeout, self.drain_grace = 30.0, None, 0.0
         self.max_connections = 10000
+        self.repairs_total = 0
+        self.problems: list[str] = []  # what health_problems() reports
+        self.repairs: list[str] = []  # what the next verify() repairs
+
+    def health_problems(self):
+        return list(self.problems)
+
+    def verify(self):
+        repaired, self.repairs = self.repairs, []
+        self.problems = []
+        self.repairs_total += len(repaired)
+        return repaired
 
     def start(self):
         self.calls.append("start")
@@ -82,6 +97,7 @@ class FakeKeeper:
         self.last_repair_descriptions = ["jump moved"]
         self.apply_errors_total = 0
         self.conntrack_deleted_total = 4
+        self.problem = None
 
     def update(self, ruleset):
         self.log.append(("rules", set(ruleset)))

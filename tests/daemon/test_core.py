@@ -1,13 +1,15 @@
 """The Daemon with fakes that follow the interfaces of its parts (tests/daemon/fakes.py)."""
 
+import json
 import re
+import time
 
 import gevent
 
 from edgeproxy.daemon.compute import Computed
 from edgeproxy.daemon.config import build_config
 from edgeproxy.daemon.core import Daemon
-from edgeproxy.daemon.http import healthz_app, healthz_verdict, metrics_app
+from edgeproxy.daemon.http import healthz_app, metrics_app
 from edgeproxy.daemon.status import build_status, render_text
 from edgeproxy.forwarding.stats import ServiceStats
 from edgeproxy.model import ManifestError, Protocol, ServicePortKey
@@ -82,10 +84,40 @@ def test_http_endpoints(daemon):
     assert _call(app, "/confirm-removal", "POST")[0].startswith("409")
 
 
-def test_healthz_503_when_change_waits_too_long():
-    assert healthz_verdict(None, 100.0, 1.0)
-    assert healthz_verdict(99.0, 100.0, 1.0)
-    assert not healthz_verdict(97.0, 100.0, 1.0)
+def test_healthz_503_when_change_waits_too_long(daemon):
+    app = healthz_app(daemon)
+    daemon.queued_since = time.monotonic() - 0.5  # within 2 x the 1 s sync period
+    assert _call(app, "/healthz")[0].startswith("200")
+    daemon.queued_since = time.monotonic() - 3
+    status, body = _call(app, "/healthz")
+    assert status.startswith("503") and "has waited 3" in body
+    assert _call(app, "/readyz")[0].startswith("503")
+    daemon.queued_since = None
+    assert _call(app, "/healthz")[0].startswith("200")
+
+
+def test_health_says_what_keeps_traffic_from_being_served(daemon):
+    app = healthz_app(daemon)
+    daemon.proxy.problems = ["listen interface edgeproxy0 is missing"]
+    daemon.keeper.problem = "applying rules with backend fake failed: lock held"
+    status, body = _call(app, "/healthz")
+    assert status.startswith("503")
+    assert json.loads(body)["problems"] == ["listen interface edgeproxy0 is missing",
+                                            "applying rules with backend fake failed: lock held"]
+    status, body = _call(app, "/readyz")
+    assert status.startswith("503") and json.loads(body)["ready"] is False
+    daemon.proxy.problems, daemon.keeper.problem = [], None
+    assert _call(app, "/readyz")[0].startswith("200")
+
+
+def test_the_data_path_is_verified_every_period(daemon, caplog):
+    daemon.proxy.repairs = ["listen interface edgeproxy0 is missing"]
+    deadline = time.monotonic() + 3 * daemon.config.sync_period
+    while daemon.proxy.repairs and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+    assert daemon.proxy.repairs_total == 1
+    (record,) = [r for r in caplog.records if r.getMessage() == "data path repaired"]
+    assert "edgeproxy0 is missing" in record.edgeproxy_fields["what"]
 
 
 def test_metrics_from_plain_counters(daemon):

@@ -24,7 +24,7 @@ def watching(root):
     """A started watcher on ``root``; yields the list its events are appended to, emptied of
     the rescan every (re)start asks for."""
     seen = []
-    watcher = DirectoryWatcher(root, seen.append)
+    watcher = DirectoryWatcher(root, lambda paths, writing=frozenset(): seen.append(paths))
     assert watcher.start(wait=10.0), "watcher process not ready"
     assert seen == [None]  # ready: read everything once
     seen.clear()
@@ -109,3 +109,47 @@ def test_stop_ends_the_process(tmp_path):
     except ProcessLookupError:
         return
     raise AssertionError(f"watcher process {pid} still exists after stop()")
+
+
+def test_a_file_still_open_for_writing_is_named(tmp_path):
+    root = tmp_path / "manifests"
+    root.mkdir()
+    calls = []
+    watcher = DirectoryWatcher(root, lambda paths, writing=frozenset(): calls.append(
+        (paths, writing)))
+    assert watcher.start(wait=10.0)
+    try:
+        calls.clear()
+        handle = open(root / "slow.yaml", "w")
+        handle.write("kind: Service\n")
+        handle.flush()
+        assert _wait(lambda: any(p and root / "slow.yaml" in w for p, w in calls)), calls
+        calls.clear()
+        handle.write("more: 1\n")
+        handle.close()  # IN_CLOSE_WRITE: the writer is done
+        assert _wait(lambda: any(p and root / "slow.yaml" in p and not w for p, w in calls)), \
+            calls
+    finally:
+        watcher.stop()
+
+
+def test_an_exception_in_the_callback_does_not_end_watching(tmp_path):
+    root = tmp_path / "manifests"
+    root.mkdir()
+    seen = []
+
+    def flaky(paths, writing=frozenset()):
+        seen.append(paths)
+        if paths and root / "boom.yaml" in paths:
+            raise RuntimeError("boom")
+
+    watcher = DirectoryWatcher(root, flaky)
+    assert watcher.start(wait=10.0)
+    try:
+        (root / "boom.yaml").write_text("x: 1\n")
+        assert _wait(lambda: any(s and root / "boom.yaml" in s for s in seen))
+        (root / "after.yaml").write_text("x: 1\n")
+        assert _wait(lambda: any(s and root / "after.yaml" in s for s in seen))
+        assert watcher.restarts_total == 0
+    finally:
+        watcher.stop()

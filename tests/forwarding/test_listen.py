@@ -23,9 +23,11 @@ class FakeIp:
 
 
 def test_interface_created_once_with_both_addresses():
-    ip = FakeIp(fail=[lambda a: a[:2] == ["link", "show"]])
-    assert ensure_interface(ListenAddresses(), ip)
+    ip = FakeIp(fail=[lambda a: a[:3] == ["-d", "-j", "addr"]])
+    setup = ensure_interface(ListenAddresses(), ip)
+    assert setup.ipv6 and setup.owned
     assert ["link", "add", "edgeproxy0", "type", "dummy"] in ip.calls
+    assert ["link", "set", "edgeproxy0", "alias", "edgeproxy"] in ip.calls
     assert ["addr", "replace", "169.254.96.17/32", "dev", "edgeproxy0"] in ip.calls
     assert ["-6", "addr", "replace", "fd65:6467:6570::1/128", "dev", "edgeproxy0",
             "nodad"] in ip.calls

@@ -35,13 +35,15 @@ def names(snapshot) -> list[str]:
 def parses(monkeypatch) -> list[str]:
     """Records every file the catalog parses."""
     seen: list[str] = []
-    real = catalog_module.parse_bytes
+    from edgeproxy.manifests import loading
+
+    real = loading.parse_bytes
 
     def counting(data, filename, limits=None):
         seen.append(Path(filename).name)
         return real(data, filename, limits)
 
-    monkeypatch.setattr(catalog_module, "parse_bytes", counting)
+    monkeypatch.setattr(loading, "parse_bytes", counting)
     return seen
 
 
@@ -171,3 +173,71 @@ def test_unreadable_and_oversized_files(tmp_path: Path) -> None:
     messages = {Path(e.file).name: e.message for e in snap.errors}
     assert "over the 1000-byte limit" in messages["big.yaml"]
     assert "cannot read" in messages["dangling.yaml"]
+
+
+def _age(path: Path, seconds: float) -> None:
+    stamp = os.stat(path).st_mtime - seconds
+    os.utime(path, (stamp, stamp))
+
+
+def test_a_failing_fresh_file_is_retried_before_it_replaces_the_last_good(tmp_path: Path) -> None:
+    """A file half-written in place: while it is younger than the settle window its failure
+    is not believed; the last good version serves and the snapshot asks for a retry."""
+    path = tmp_path / "web.yaml"
+    write(path, service("web", "198.19.0.1"))
+    _age(path, 10)
+    catalog = ManifestCatalog(tmp_path, keep_last_good=True, settle=2.0)
+    assert names(catalog.refresh()) == ["Service/web"]
+    write(path, service("web", "198.19.0.2")[:40])  # the first chunk of a rewrite
+    snap = catalog.refresh([path])
+    assert names(snap) == ["Service/web"] and snap.errors == ()  # nothing reported yet
+    assert snap.retry == (path,)
+    write(path, service("web", "198.19.0.2"))  # the writer finished
+    snap = catalog.refresh([path])
+    assert snap.retry == () and snap.objects[0].body["spec"]["clusterIP"] == "198.19.0.2"
+
+
+def test_a_failure_that_outlives_the_window_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "web.yaml"
+    write(path, "kind: [broken\n")
+    catalog = ManifestCatalog(tmp_path, keep_last_good=True, settle=2.0)
+    assert catalog.refresh().retry == (path,)
+    _age(path, 5)
+    snap = catalog.refresh([path])
+    assert snap.retry == () and "YAML error" in snap.errors[0].message
+
+
+def test_a_file_still_open_for_writing_waits_for_its_close(tmp_path: Path) -> None:
+    path = tmp_path / "web.yaml"
+    write(path, service("web", "198.19.0.1"))  # a valid prefix of what is being written
+    catalog = ManifestCatalog(tmp_path, keep_last_good=True, settle=2.0)
+    snap = catalog.refresh([path], writing=[path])
+    assert names(snap) == [] and snap.retry == (path,)  # not served half-written
+    snap = catalog.refresh([path])  # closed: the watcher no longer says "writing"
+    assert names(snap) == ["Service/web"]
+
+
+def test_an_insecure_root_holds_everything_with_one_error(tmp_path: Path) -> None:
+    from edgeproxy.manifests.reader import TrustPolicy
+
+    root = tmp_path / "m"
+    root.mkdir()
+    os.chmod(tmp_path, 0o755)
+    write(root / "web.yaml", service("web", "198.19.0.1"))
+    os.chmod(root, 0o777)
+    policy = TrustPolicy(require_root_owned=True, owner_uid=os.geteuid())
+    snap = ManifestCatalog(root, policy=policy).refresh()
+    assert snap.objects == () and "is not safe" in snap.root_error
+    assert "writable by group or other" in snap.root_error
+
+
+def test_a_directory_symlink_out_of_the_root_is_not_entered(tmp_path: Path) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write(elsewhere / "evil.yaml", service("evil", "198.19.0.66"))
+    (root / "linked").symlink_to(elsewhere)
+    snap = ManifestCatalog(root).refresh()
+    assert names(snap) == []
+    assert any("outside the manifest root" in e.message for e in snap.errors)

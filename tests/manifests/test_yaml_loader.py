@@ -112,3 +112,54 @@ def test_json_files() -> None:
 def test_flow_style_yaml_with_trailing_commas() -> None:
     parsed = docs("{apiVersion: v1, kind: Service, spec: {ports: [{port: 80},],},}\n")
     assert parsed.documents[0][1]["spec"]["ports"] == [{"port": 80}]
+
+
+def test_a_huge_document_is_refused_before_it_is_composed() -> None:
+    """A ConfigMap with a 10-million-item list (60 MiB, under the file cap): refused from its
+    bytes, in well under a second, instead of composing gigabytes of nodes."""
+    import resource
+
+    data = (b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata:\n  items:\n"
+            + b"  - 1\n" * 10_000_000)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    out = parse_bytes(data, "cm.yaml")
+    assert time.perf_counter() - started < 2.0
+    assert out.documents == [] and out.rejected
+    assert "node limit" in out.errors[0][2]
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) >> 10
+    assert grown_mb < 200, grown_mb  # about two copies of the text, no node graph
+
+
+def test_an_oversized_document_among_good_ones_is_refused_alone() -> None:
+    limits = LoadLimits(max_document_bytes=200)
+    big = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: big}\ndata:\n" + \
+        "".join(f"  k{i}: v\n" for i in range(50))
+    text = f"apiVersion: v1\nkind: Service\nmetadata: {{name: a}}\n---\n{big}---\n" \
+           "apiVersion: v1\nkind: Service\nmetadata: {name: b}\n"
+    out = parse_bytes(text.encode(), "x.yaml", limits)
+    assert [d for d, _ in out.documents] == ["0", "2"]
+    assert out.errors == [("1", "", f"document is {len(big)} bytes, over the 200-byte limit")]
+
+
+def test_a_big_list_dump_is_still_read_item_by_item() -> None:
+    items = "".join(f"- {{apiVersion: v1, kind: Service, metadata: {{name: s{i}}}}}\n"
+                    for i in range(2000))
+    text = f"apiVersion: v1\nkind: List\nitems:\n{items}"
+    limits = LoadLimits(max_document_bytes=1000)  # the dump is bigger, each item is not
+    out = parse_bytes(text.encode(), "dump.yaml", limits)
+    assert len(out.documents) == 2000 and out.errors == []
+
+
+def test_node_budget_per_document() -> None:
+    text = "apiVersion: v1\nkind: List\nitems: [" + "1," * 5000 + "1]\n"
+    out = parse_bytes(text.encode(), "x.yaml", LoadLimits(max_document_nodes=1000))
+    assert out.errors and "1000-node limit" in out.errors[0][2]
+
+
+def test_yaml_errors_after_a_separator_name_the_file_line() -> None:
+    """Pieces are parsed one by one; the error still names the line of the file."""
+    text = "a: 1\n---\nb: 2\n---\nc: [unclosed\n"
+    out = parse_bytes(text.encode(), "x.yaml")
+    assert out.rejected
+    assert "line 5, column 4" in out.errors[0][2] and "line 6, column 1" in out.errors[0][2]
