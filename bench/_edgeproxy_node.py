@@ -10,19 +10,16 @@ SPEC.json::
     {"state_dir": "/tmp/...",                       # ProxyServer's state dir (ports.json)
      "iptables_restore": "iptables-restore",        # the restore binary the benchmark uses
      "services": [{"name": "web", "protocol": "TCP", "vip": "198.19.0.11", "port": 80,
-                   "endpoints": [["198.18.20.2", 8080]]}, ...]}
+                   "endpoints": [["198.18.1.11", 8080]]}, ...]}
 
 The driver builds one ServicePort per service (namespace "bench"), starts
 ``edgeproxy.forwarding.server.ProxyServer`` with the default ListenAddresses (edgeproxy0,
-169.254.96.17), calls ``reconcile``, ``sync_routes`` for the VIPs and installs the nat rules:
-``edgeproxy.rules.render.render_rules`` fed to ``iptables-restore --noflush`` when that module
-exists, else the same DNAT rules written here (``-d VIP -p P --dport N -j DNAT
---to-destination 169.254.96.17:PROXYPORT`` in PREROUTING and OUTPUT).
+169.254.96.17), calls ``reconcile``, ``sync_routes`` for the VIPs and installs the nat rules
+(``edgeproxy.rules.render.render_rules`` fed to ``iptables-restore --noflush``).
 
 Then it prints exactly one JSON line on stdout and serves:
 
-    {"ok": true, "pid": N, "proxy_ports": {"web": 61000, ...}, "rules": "render_rules"|"fallback",
-     "splice": bool, "routes": [...]}
+    {"ok": true, "pid": N, "proxy_ports": {"web": 61000, ...}, "splice": bool, "routes": [...]}
     {"ok": false, "error": "..."}              # and exit status 1
 
 It stops on SIGTERM/SIGINT or when its stdin reaches EOF (the parent died), calling
@@ -68,26 +65,12 @@ def _restore(binary: str, text: str) -> None:
         raise RuntimeError(f"{binary} --noflush failed: {result.stderr.strip()}\n{text}")
 
 
-def _install_rules(binary: str, ports: dict, proxy_ports: dict, listen) -> str:
-    try:
-        from edgeproxy.rules.render import render_rules
-    except ImportError:
-        render_rules = None
-    if render_rules is not None:
-        ruleset = render_rules(ports, proxy_ports, listen)
-        for table in ruleset.tables(4):
-            _restore(binary, ruleset.restore_text(4, table))
-        return "render_rules"
-    lines = ["*nat"]
-    for key, sp in ports.items():
-        proto = key.protocol.value.lower()
-        for vip in sp.cluster_ips:
-            for chain in ("PREROUTING", "OUTPUT"):
-                lines.append(f"-A {chain} -d {vip}/32 -p {proto} -m {proto} --dport {sp.port} "
-                             f"-j DNAT --to-destination {listen.ipv4}:{proxy_ports[key]}")
-    lines.append("COMMIT")
-    _restore(binary, "\n".join(lines) + "\n")
-    return "fallback"
+def _install_rules(binary: str, ports: dict, proxy_ports: dict, listen) -> None:
+    from edgeproxy.rules.render import render_rules
+
+    ruleset = render_rules(ports, proxy_ports, listen)
+    for table in ruleset.tables(4):
+        _restore(binary, ruleset.restore_text(4, table))
 
 
 def _emit(obj: dict) -> None:
@@ -115,14 +98,14 @@ def main(argv: list[str]) -> int:
         if missing:
             raise RuntimeError(f"reconcile gave no proxy port to {', '.join(missing)}")
         routes = sorted(server.sync_routes(sp.cluster_ips[0] for sp in ports.values()) or ())
-        how = _install_rules(spec.get("iptables_restore", "iptables-restore"), ports,
-                             proxy_ports, listen)
+        _install_rules(spec.get("iptables_restore", "iptables-restore"), ports, proxy_ports,
+                       listen)
     except Exception as exc:  # report every failure to the parent, which keeps going
         _emit({"ok": False, "error": f"{type(exc).__name__}: {exc}",
                "traceback": traceback.format_exc()})
         return 1
     splice = bool(getattr(getattr(server, "pipes", None), "enabled", False))
-    _emit({"ok": True, "pid": os.getpid(), "rules": how, "splice": splice, "routes": routes,
+    _emit({"ok": True, "pid": os.getpid(), "splice": splice, "routes": routes,
            "proxy_ports": {k.name: p for k, p in proxy_ports.items()}})
 
     done = gevent.event.Event()

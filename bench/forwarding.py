@@ -5,11 +5,13 @@ Run (root, the benchmark creates and deletes its own network namespaces)::
     sudo .venv/bin/python bench/forwarding.py [--quick] [--json out.json] [--verbose]
     sudo .venv/bin/python bench/forwarding.py --only throughput,throughput_host --repeat 5
 
-Topology (three private namespaces, addresses from 198.18.0.0/15; the host's own namespace is
-never touched: links are created inside the namespaces with ``ip -n``)::
+Topology: the demo's edge node (``edgeproxy.demo.topology``, three private namespaces, addresses
+from 198.18.0.0/15; the host's own namespace is never touched: links are created inside the
+namespaces) without the demo's servers; the benchmark starts its own backends on web-1's
+address::
 
-    pod  eth0 198.18.10.2/24 ──── pod0 198.18.10.1/24  NODE  be0 198.18.20.1/24 ──── eth0 198.18.20.2/24  backend
-         default via .10.1        ip_forward=1, nat rules, proxies          default via .20.1
+    pod  eth0 198.18.2.10/24 ──── eth-pod 198.18.2.1/24  NODE  eth-be 198.18.1.1/24 ──── eth0 198.18.1.11/24  backends
+         default via .2.1         ip_forward=1, nat rules, proxies              default via .1.1
 
 Variants, all set up at once and measured interleaved (figure by figure, variant by variant),
 each on its own cluster IP so their rules never interact:
@@ -20,7 +22,7 @@ each on its own cluster IP so their rules never interact:
 * ``edgeproxy``  VIP 198.19.0.11 -> the real ``edgeproxy.forwarding.server.ProxyServer`` in a
                  subprocess of the node namespace (bench/_edgeproxy_node.py: reconcile, routes,
                  ``render_rules`` + ``iptables-restore --noflush``), listening on 169.254.96.17;
-* ``haproxy``    VIP 198.19.0.12 DNATed to haproxy in tcp mode on 198.18.10.1 (config printed
+* ``haproxy``    VIP 198.19.0.12 DNATed to haproxy in tcp mode on 198.18.2.1 (config printed
                  with --verbose). ``nbthread 1`` by default: edgeproxy is one process with one
                  gevent hub, so one haproxy thread is the like-for-like comparison, and on two
                  cores shared by client, backend and proxy a second thread mostly adds contention
@@ -41,8 +43,9 @@ held open. Throughput figures also give the CPU one GB costs along the whole pat
 client + server + proxy, softirq work included in whichever process it ran in) and the ratio
 DNAT/edgeproxy of that cost: on CPU-bound cores, the ceiling of the throughput ratio.
 ``--repeat N`` measures every figure N times (variants interleaved, order rotated) and reports
-the median run with all runs listed; ``--only`` selects figures. Ratios edgeproxy/DNAT and edgeproxy/haproxy come from the same run, and the targets
-of issue 4 are marked PASS/FAIL. A variant that fails to start (edgeproxy code broken) is
+the median run with all runs listed; ``--only`` selects figures. Ratios edgeproxy/DNAT and
+edgeproxy/haproxy come from the same run, and the forwarding targets (docs/benchmarks.md) are
+marked PASS/FAIL. A variant that fails to start (edgeproxy code broken) is
 reported as failed with its reason; the others still run.
 
 Everything started here is killed and every namespace deleted at exit, also on Ctrl-C, SIGTERM
@@ -71,13 +74,12 @@ from typing import Callable
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgeproxy.netns import NetNS  # noqa: E402
-from edgeproxy.netns import netns_unavailable_reason as netns_available  # noqa: E402
+from edgeproxy.demo import topology  # noqa: E402
+from edgeproxy.demo.netns import NetNS  # noqa: E402
+from edgeproxy.demo.netns import netns_unavailable_reason as netns_available  # noqa: E402
 
-POD_IP = "198.18.10.2"
-NODE_POD_IP = "198.18.10.1"
-NODE_BE_IP = "198.18.20.1"
-BACKEND_IP = "198.18.20.2"
+NODE_POD_IP = topology.NODE_POD_SIDE  # haproxy listens here
+BACKEND_IP = topology.WEB_BACKENDS["web-1"]
 VIPS = {"dnat": "198.19.0.10", "edgeproxy": "198.19.0.11", "haproxy": "198.19.0.12"}
 LISTEN_IP = "169.254.96.17"  # ListenAddresses().ipv4, where edgeproxy's rules DNAT to
 
@@ -208,7 +210,7 @@ def rss_kib(pid: int) -> int:
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.namespaces: list[NetNS] = []
+        self.topo: topology.Topology | None = None
         self.tmp = Path(tempfile.mkdtemp(prefix="ep-bench-fwd-"))
         self.procs = Procs(self.tmp)
         self.restore = "iptables-restore"
@@ -236,41 +238,23 @@ class Bench:
             with contextlib.suppress(OSError):
                 self.edgeproxy_popen.stdin.close()
         self.procs.stop_all()
-        for ns in reversed(self.namespaces):
-            ns.delete()
-        self.namespaces.clear()
+        if self.topo is not None:
+            self.topo.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def log(self, msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     def topology(self) -> None:
-        self.pod = NetNS("epbf-pod").create()
-        self.namespaces.append(self.pod)
-        self.node = NetNS("epbf-node").create()
-        self.namespaces.append(self.node)
-        self.backend = NetNS("epbf-be").create()
-        self.namespaces.append(self.backend)
-        # veth pairs made inside the namespaces (ip -n), so not even a transient link appears in
-        # the host namespace.
-        for ns, ifname, peer_ns, peer_if in ((self.pod, "eth0", self.node, "pod0"),
-                                             (self.backend, "eth0", self.node, "be0")):
-            subprocess.run(["ip", "-n", ns.name, "link", "add", ifname, "type", "veth", "peer",
-                            "name", peer_if, "netns", peer_ns.name], check=True)
-        for ns, ifname, addr in ((self.pod, "eth0", f"{POD_IP}/24"),
-                                 (self.node, "pod0", f"{NODE_POD_IP}/24"),
-                                 (self.node, "be0", f"{NODE_BE_IP}/24"),
-                                 (self.backend, "eth0", f"{BACKEND_IP}/24")):
-            ns.run(["ip", "addr", "add", addr, "dev", ifname])
-            ns.run(["ip", "link", "set", ifname, "up"])
-        self.pod.run(["ip", "route", "add", "default", "via", NODE_POD_IP])
-        self.backend.run(["ip", "route", "add", "default", "via", NODE_BE_IP])
-        self.node.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        self.topo = topology.Topology("epbf", servers=False)
+        self.topo.start()
+        self.pod, self.node, self.backend = self.topo.pod, self.topo.node, self.topo.backends
         # The node has no default route (an offline edge node). Host-path clients of the dnat and
         # haproxy VIPs need some route for connect() before nat OUTPUT runs; edgeproxy adds its
         # own through ProxyServer.sync_routes, which is part of what is measured.
         for variant in ("dnat", "haproxy"):
-            self.node.run(["ip", "route", "add", f"{VIPS[variant]}/32", "dev", "be0"])
+            self.node.run(["ip", "route", "add", f"{VIPS[variant]}/32", "dev",
+                           topology.NODE_BACKEND_IF])
         # New-connection runs make ~10^5 flows; conntrack entries in TIME_WAIT would otherwise
         # sit for 120 s in a table shared (nf_conntrack_max) with every namespace on the host.
         # This sysctl is per namespace: only the node's own table is affected.
@@ -429,8 +413,7 @@ class Bench:
                 print(answer.get("traceback", ""), file=sys.stderr)
             return
         self.pids["edgeproxy"] = answer["pid"]
-        self.info["edgeproxy"] = {k: answer[k] for k in ("rules", "splice", "routes",
-                                                        "proxy_ports")}
+        self.info["edgeproxy"] = {k: answer[k] for k in ("splice", "routes", "proxy_ports")}
 
     def target(self, variant: str, service: str) -> tuple[str, int]:
         if variant == "direct" and service == "web":
@@ -655,7 +638,8 @@ FIGURES = (
            variants=PROXIES, higher_is_better=False),
 )
 
-# (figure, baseline variant or None for an absolute bound, operator, bound) from issue 4.
+# (figure, baseline variant or None for an absolute bound, operator, bound): the forwarding
+# targets of docs/benchmarks.md.
 TARGETS = (
     ("throughput", "dnat", ">=", 0.8),
     ("throughput", "haproxy", ">", 1.0),
@@ -819,7 +803,7 @@ def render(figs: dict, targets: list[dict], bench: Bench) -> str:
                     lines.append(f"  ratio edgeproxy/{LABELS[base]} {label}: p50 "
                                  f"{a['p50_ms'] / b['p50_ms']:.2f}, p99 "
                                  f"{a['p99_ms'] / b['p99_ms']:.2f} (lower is better)")
-    lines += ["", "Targets (issue 4)"]
+    lines += ["", "Targets"]
     for t in targets:
         lines.append(f"  {t['figure']:<14} {t['what']:<24} {t['op']:>2} {t['bound']:<5g} "
                      f"{_fmt(t['value']):>8}  {t['verdict']}")
@@ -910,7 +894,7 @@ def main(argv: list[str] | None = None) -> int:
     hap = (f"haproxy nbthread {args.haproxy_threads}, no splice"
            if "haproxy" not in bench.failed else "haproxy not measured")
     ep = bench.info.get("edgeproxy")
-    ep_text = (f"edgeproxy rules via {ep['rules']}, splice {'on' if ep['splice'] else 'off'}"
+    ep_text = (f"edgeproxy rules via render_rules, splice {'on' if ep['splice'] else 'off'}"
                if ep else "edgeproxy not measured")
     print(f"edgeproxy forwarding benchmark: {args.duration} s per test, "
           f"{os.cpu_count()} CPUs shared by client, proxy and backend; {hap}; {ep_text}; "

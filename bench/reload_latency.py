@@ -3,7 +3,7 @@ through the cluster IP, and forwarding latency while 10,000 services are being r
 
     sudo .venv/bin/python bench/reload_latency.py [--trials 20] [--services 10000]
 
-Runs `edgeproxy run` in the node namespace of `edgeproxy.testbed` (nothing on the host
+Runs `edgeproxy run` in the node namespace of `edgeproxy.demo.topology` (nothing on the host
 changes) and measures from the pod namespace:
 
 1. new service, small directory (config/examples): write `bench-N.yaml` by temp file + rename,
@@ -29,8 +29,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgeproxy import testbed as tb  # noqa: E402
-from edgeproxy.netns import netns_unavailable_reason  # noqa: E402
+from edgeproxy.demo.clients import http_get  # noqa: E402
+from edgeproxy.demo.daemon import DaemonError, copy_examples, make_workdir  # noqa: E402
+from edgeproxy.demo.netns import netns_unavailable_reason  # noqa: E402
+from edgeproxy.demo.topology import Topology, WEB_BACKENDS, WEB_VIP  # noqa: E402
+from tests.support.node import Daemon  # noqa: E402
 
 FILES = 100
 PORT_RANGE = "10001-30000"  # 10,000+ listeners; outside the kernel's ephemeral range
@@ -66,19 +69,19 @@ def write_bulk(root: Path, services: int, backend: str) -> None:
             write_atomic(root / f"bulk-{f:03d}.yaml", "---\n".join(docs))
 
 
-def answers(topo: tb.Topology, vip: str, expect: str | None = None) -> bool:
+def answers(topo: Topology, vip: str, expect: str | None = None) -> bool:
     # A SYN sent before the capture exists is dropped and would only be retransmitted after
     # 1 s: probe with a 20 ms handshake timeout, so the figure has 20 ms resolution instead
     # of the 200 ms an ordinary timeout gave (measured: syncs done at 65 ms were reported
     # at 210 ms). Once connected, the answer may take up to 1 s.
     try:
-        body = tb.http_get(topo.pod, vip, timeout=1.0, connect_timeout=0.02).strip()
+        body = http_get(topo.pod, vip, timeout=1.0, connect_timeout=0.02).strip()
     except OSError:
         return False
     return expect is None or body == expect
 
 
-def new_service_trials(topo: tb.Topology, daemon: tb.Daemon, root: Path, trials: int,
+def new_service_trials(topo: Topology, daemon: Daemon, root: Path, trials: int,
                        first: int, phases: list[dict[str, float]] | None = None) -> list[float]:
     """Seconds from rename to first answer, one new service per trial; with ``phases``, the
     daemon's per-phase timing of the sync that served each trial is appended there."""
@@ -87,7 +90,7 @@ def new_service_trials(topo: tb.Topology, daemon: tb.Daemon, root: Path, trials:
         vip = f"{TRIAL_NET}.{n % 250 + 1}" if n < 250 else f"198.19.201.{n % 250 + 1}"
         start = time.monotonic()
         write_atomic(root / f"bench-{n:03d}.yaml",
-                     service_docs(f"bench-{n}", vip, tb.WEB_BACKENDS["web-3"]))
+                     service_docs(f"bench-{n}", vip, WEB_BACKENDS["web-3"]))
         while not answers(topo, vip, "web-3"):
             if time.monotonic() - start > TRIAL_TIMEOUT:
                 # Counted as a miss (infinite latency); later trials would only queue behind it.
@@ -104,7 +107,7 @@ def new_service_trials(topo: tb.Topology, daemon: tb.Daemon, root: Path, trials:
     return results
 
 
-def forwarding_latencies(topo: tb.Topology, seconds: float,
+def forwarding_latencies(topo: Topology, seconds: float,
                          during=None) -> tuple[list[float], int]:
     """Per-request latency (new connection + GET) to web from the pod, for `seconds`, while
     `during()` runs in the main thread. Returns (latencies, failures)."""
@@ -118,7 +121,7 @@ def forwarding_latencies(topo: tb.Topology, seconds: float,
         while not stop.is_set():
             start = time.perf_counter()
             try:
-                with socket.create_connection((tb.WEB_VIP, 80), timeout=2) as sock:
+                with socket.create_connection((WEB_VIP, 80), timeout=2) as sock:
                     sock.sendall(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")
                     while sock.recv(4096):
                         pass
@@ -139,12 +142,12 @@ def forwarding_latencies(topo: tb.Topology, seconds: float,
     return latencies, failures[0]
 
 
-def last_phases(daemon: tb.Daemon) -> dict[str, float]:
+def last_phases(daemon: Daemon) -> dict[str, float]:
     """Seconds per phase of the daemon's last sync (compute, listen, render, rules, routes),
     from `edgeproxy status`: where a slow reload spends its time."""
     try:
         return dict(daemon.status().get("sync", {}).get("lastPhaseSeconds") or {})
-    except (tb.DaemonError, OSError):
+    except (DaemonError, OSError):
         return {}
 
 
@@ -174,12 +177,12 @@ def main() -> int:
     rows: list[tuple] = []
     large_phases: list[dict[str, float]] = []
     ok = True
-    workdir = tb.make_workdir("edgeproxy-bench-")
-    root = tb.copy_examples(REPO / "config" / "examples", workdir / "manifests")
-    with tb.Topology("epbench") as topo:
+    workdir = make_workdir("edgeproxy-bench-")
+    root = copy_examples(REPO / "config" / "examples", workdir / "manifests")
+    with Topology("epbench") as topo:
         if args.default_route:
-            topo.node.run(["ip", "route", "add", "default", "via", tb.WEB_BACKENDS["web-1"]])
-        daemon = tb.Daemon(topo.node, root, workdir,
+            topo.node.run(["ip", "route", "add", "default", "via", WEB_BACKENDS["web-1"]])
+        daemon = Daemon(topo.node, root, workdir,
                            extra_args=["--proxy-port-range", PORT_RANGE], nofile=65536)
         daemon.start()
         try:
@@ -191,7 +194,7 @@ def main() -> int:
             rows.append(("new service answering, small dir", len(small), small, 0.5))
 
             start = time.monotonic()
-            write_bulk(root, args.services, tb.WEB_BACKENDS["web-1"])
+            write_bulk(root, args.services, WEB_BACKENDS["web-1"])
             last = bulk_vip(args.services - 1)
             while not answers(topo, last):
                 if time.monotonic() - start > 120:
@@ -211,7 +214,7 @@ def main() -> int:
             idle, idle_fail = forwarding_latencies(topo, args.load_seconds)
 
             def flip(deadline: float) -> None:
-                backends = [tb.WEB_BACKENDS["web-2"], tb.WEB_BACKENDS["web-1"]]
+                backends = [WEB_BACKENDS["web-2"], WEB_BACKENDS["web-1"]]
                 n = 0
                 while time.monotonic() < deadline - 0.5:
                     write_bulk(root, args.services, backends[n % 2])

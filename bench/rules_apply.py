@@ -40,11 +40,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edgeproxy.demo.kube_proxy import Iptables, StandInKubeProxy  # noqa: E402
+from edgeproxy.demo.netns import NetNS, netns_unavailable_reason  # noqa: E402
 from edgeproxy.model import ListenAddresses, Protocol, ServicePort, ServicePortKey  # noqa: E402
-from edgeproxy.netns import NetNS, netns_unavailable_reason  # noqa: E402
 from edgeproxy.rules.backends import make_backend  # noqa: E402
-from edgeproxy.tools import namespace_runner  # noqa: E402
 from edgeproxy.rules.render import render_rules  # noqa: E402
+from edgeproxy.tools import namespace_runner  # noqa: E402
 
 LISTEN = ListenAddresses()
 
@@ -102,32 +103,30 @@ def bench_iptables(flavor: str, rs, rs_changed, repeat: int) -> dict[str, float]
     return r
 
 
-def _ipt(ns: NetNS, flavor: str, *args: str) -> None:
-    ns.run([f"iptables-{flavor}", "-w", "5", "-t", "nat", *args])
+def _nat(ns: NetNS, flavor: str, *args: str) -> None:
+    Iptables(ns, flavor)("-t", "nat", *args)
 
 
-def _kube_proxy_ahead(ns: NetNS, flavor: str) -> None:
-    """kube-proxy (re)starts after us and inserts its jump at rule 1 of both chains."""
-    for chain in ("PREROUTING", "OUTPUT"):
-        _ipt(ns, flavor, "-I", chain, "1", "-j", "KUBE-SERVICES")
-
+# kube-proxy syncing its own chain while we are checking ours (the "busy" figure)
+KUBE_PROXY_SERVICE = ("198.19.255.1", 80, "198.18.1.11", 8080)
 
 DAMAGE = {  # what each kind of damage runs in the namespace, per backend
     "jump-moved": {
-        "iptables": _kube_proxy_ahead,
+        # kube-proxy (re)starts after us and inserts its jump at rule 1 of both chains.
+        "iptables": lambda ns, fl: StandInKubeProxy(ns, fl).jump_ahead(),
         "nftables": None,  # priorities, not positions: nothing to move
     },
     "chain-deleted": {
         "iptables": lambda ns, fl: [
-            _ipt(ns, fl, "-D", "PREROUTING", "-m", "comment", "--comment",
+            _nat(ns, fl, "-D", "PREROUTING", "-m", "comment", "--comment",
                  "handle ClusterIPs; NOTE: this must be before the NodePort rules",
                  "-j", "KUBE-PORTALS-CONTAINER"),
-            _ipt(ns, fl, "-F", "KUBE-PORTALS-CONTAINER"),
-            _ipt(ns, fl, "-X", "KUBE-PORTALS-CONTAINER")],
+            _nat(ns, fl, "-F", "KUBE-PORTALS-CONTAINER"),
+            _nat(ns, fl, "-X", "KUBE-PORTALS-CONTAINER")],
         "nftables": lambda ns, fl: ns.run(["nft", "delete", "table", "ip", "edgeproxy"]),
     },
     "chain-emptied": {
-        "iptables": lambda ns, fl: _ipt(ns, fl, "-F", "KUBE-PORTALS-CONTAINER"),
+        "iptables": lambda ns, fl: _nat(ns, fl, "-F", "KUBE-PORTALS-CONTAINER"),
         "nftables": lambda ns, fl: ns.run(["nft", "flush", "chain", "ip", "edgeproxy",
                                            "KUBE-PORTALS-CONTAINER"]),
     },
@@ -151,8 +150,7 @@ def keeper_costs(name: str, rs, repeat: int) -> dict[str, float]:
             if name == "nftables":
                 ns.run(["nft", "add", "table", "ip", "kube-proxy"])
             else:
-                _ipt(ns, name, "-N", "KUBE-SERVICES")
-                _ipt(ns, name, "-A", "KUBE-SERVICES", "-d", "198.19.255.1/32", "-j", "RETURN")
+                StandInKubeProxy(ns, name).sync([KUBE_PROXY_SERVICE])
             samples.setdefault("busy", []).append(timed(lambda: b.check_and_repair(rs)))
             if name == "nftables":
                 samples.setdefault("listing", []).append(timed(lambda: b.read(4)))

@@ -19,6 +19,11 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 DEFAULT_NAMESPACE = "default"
 DEFAULT_AFFINITY_TIMEOUT_SECONDS = 10800  # Kubernetes' default for sessionAffinity: ClientIP
+# A UDP client session (its upstream socket and endpoint) ends after this long without traffic
+# either way. 30 s is the kernel's conntrack timeout for a UDP flow without a reply, the time a
+# DNAT path (kube-proxy iptables/ipvs mode) keeps a flow's endpoint; kube-proxy userspace's
+# 250 ms drops any reply later than that and moves a slow client to another session.
+DEFAULT_UDP_TIMEOUT_SECONDS = 30.0
 
 
 class FilterMode(str, Enum):
@@ -216,7 +221,7 @@ class ListenAddresses:
     interface: str = "edgeproxy0"
 
 
-# --- Added by the foundation (issue 2): what the manifest loader hands to the state builder. ---
+# --- What the manifest loader hands to the state builder. ---
 
 
 @dataclass(frozen=True)

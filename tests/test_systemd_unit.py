@@ -1,4 +1,4 @@
-"""edgeproxy.service: the settings issue 5 requires, `systemd-analyze verify`, and its ExecStart
+"""edgeproxy.service: the settings the daemon relies on, `systemd-analyze verify`, and its ExecStart
 line run as written (binary path swapped for this checkout's, config pointed at a temp file)
 inside a network namespace, with a NOTIFY_SOCKET of our own standing in for systemd: it must
 send READY=1 and WATCHDOG=1, answer /readyz, and exit 0 on SIGTERM."""
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeproxy.testbed import copy_examples
+from edgeproxy.demo.daemon import copy_examples
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "edgeproxy.service"

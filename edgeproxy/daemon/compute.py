@@ -1,7 +1,8 @@
 """Load, validate and build the desired state off the gevent hub.
 
 The catalog keeps per-file caches and last-good objects, and the state builder's cache keeps
-what it derived from them (``BuildCache``), so both live as long as the daemon. Reading, parsing and validating changed files happens in the parse worker process
+what it derived from them (``BuildCache``), so both live as long as the daemon. Reading,
+parsing and validating changed files happens in the parse worker process
 (edgeproxy/manifests/worker.py: a memory and a time budget per file, memory given back); the
 rest of a refresh (stat, merging, `build_state`) runs in gevent's native thread pool, so the
 hub keeps serving connections and watchdog pings meanwhile.

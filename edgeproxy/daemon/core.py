@@ -31,7 +31,8 @@ from edgeproxy.daemon import guard, sdnotify
 from edgeproxy.daemon.config import DaemonConfig
 from edgeproxy.daemon.logs import log_event
 from edgeproxy.daemon.runner import BoundedFrequencyRunner
-from edgeproxy.daemon.views import ComputedView, DaemonCounters, KeeperView, ProxyView
+from edgeproxy.daemon.views import (ComputedView, DaemonCounters, KeeperView, ProxyView,
+                                    WatcherView)
 from edgeproxy.model import DesiredState, FilterMode, ListenAddresses, ServicePort, ServicePortKey
 from edgeproxy.rules.render import RuleSet
 
@@ -86,6 +87,14 @@ class Keeper(KeeperView, Protocol):
     def start(self) -> None: ...
 
     def stop(self, cleanup: bool = True) -> object: ...
+
+
+class Watcher(WatcherView, Protocol):
+    def start(self, wait: float = 5.0) -> bool: ...
+
+    def reschedule(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 Renderer = Callable[[Mapping[ServicePortKey, ServicePort], Mapping[ServicePortKey, int],
@@ -160,7 +169,7 @@ class Daemon:
         self.proxy: Proxy | None = None
         self.keeper: Keeper | None = None
         self.render: Renderer | None = None
-        self.watcher: Any = None
+        self.watcher: Watcher | None = None
         self.runner: BoundedFrequencyRunner | None = None
         # What is being served (last good) and what the last computation said.
         self.applied: DesiredState = DesiredState(ports={})

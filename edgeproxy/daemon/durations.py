@@ -64,17 +64,3 @@ def parse_duration(text: str | int | float) -> float:
             "e.g. 100ms, 1s, 1m30s"
         )
     return total
-
-
-def format_duration(seconds: float) -> str:
-    """The shortest Go-style spelling used in help texts and status output ("100ms", "30s")."""
-    if seconds == 0:
-        return "0s"
-    if seconds < 1:
-        ms = seconds * 1000
-        return f"{ms:g}ms"
-    if seconds < 60 or seconds % 60:
-        return f"{seconds:g}s"
-    if seconds % 3600 == 0:
-        return f"{int(seconds // 3600)}h"
-    return f"{int(seconds // 60)}m"

@@ -10,10 +10,11 @@ from collections import Counter
 from typing import Iterator
 
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
-                                    HistogramMetricFamily)
+                                    HistogramMetricFamily, InfoMetricFamily)
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from edgeproxy.daemon.views import SYNC_BUCKETS, DaemonView
+from edgeproxy.rules.backends.check import CheckCounts
 
 
 class DaemonCollector(Collector):
@@ -69,6 +70,35 @@ class DaemonCollector(Collector):
         yield CounterMetricFamily("edgeproxy_rule_check_seconds",
                                   "Time spent in periodic rule checks and their repairs",
                                   value=keeper.check_seconds_total if keeper else 0.0)
+        # Which stage answered each check: a node where most checks need "full" (a table read)
+        # spends far more CPU on them, and something keeps writing where edgeproxy looks.
+        answered = CounterMetricFamily(
+            "edgeproxy_rule_checks_answered",
+            "Periodic rule checks by the cheapest stage that could vouch for the rules "
+            "(generation: nothing written since; digests: raw rules unchanged or repaired; "
+            "full: the tables were read)", labels=["by"])
+        counts = keeper.backend.check.counts if keeper else CheckCounts()
+        for stage in ("generation", "digests", "full"):
+            answered.add_metric([stage], getattr(counts, stage))
+        yield answered
+        yield CounterMetricFamily("edgeproxy_conntrack_deleted",
+                                  "UDP conntrack entries deleted so flows follow new capture",
+                                  value=keeper.conntrack_deleted_total if keeper else 0)
+        watcher = d.watcher
+        yield GaugeMetricFamily("edgeproxy_watcher_up",
+                                "1 while the manifest watcher watches (else only the periodic "
+                                "rescan sees changes)", value=1 if watcher and watcher.running
+                                else 0)
+        yield CounterMetricFamily("edgeproxy_watcher_events",
+                                  "Changed paths and rescans the watcher reported",
+                                  value=watcher.events_total if watcher else 0)
+        yield CounterMetricFamily("edgeproxy_watcher_restarts",
+                                  "Watcher processes started again after one exited",
+                                  value=watcher.restarts_total if watcher else 0)
+        if watcher is not None and watcher.watchdog_version:
+            info = InfoMetricFamily("edgeproxy_watcher", "The watcher's watchdog library")
+            info.add_metric([], {"watchdog": watcher.watchdog_version})
+            yield info
         stats = d.proxy.stats() if d.proxy is not None else {}
         active = GaugeMetricFamily("edgeproxy_active_connections", "Open TCP connections",
                                    labels=["service", "protocol"])

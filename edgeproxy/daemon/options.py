@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from edgeproxy.daemon.durations import DurationError, parse_duration
-from edgeproxy.model import BACKEND_CHOICES, FILTER_MODES
+from edgeproxy.model import BACKEND_CHOICES, DEFAULT_UDP_TIMEOUT_SECONDS, FILTER_MODES
 
 LOG_FORMATS = ("text", "json")
 
@@ -58,25 +58,23 @@ def _port_range(text: str) -> str:
     raise ValueError(f"{text!r} is not a port range (e.g. 61000-64999 or 61000+3999)")
 
 
-def _ratio(value: Any) -> float:
-    ratio = float(value)
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"{value!r} is not between 0 and 1")
-    return ratio
+def _within(convert: Callable[[Any], float], low: float,
+            high: float | None = None) -> Callable[[Any], Any]:
+    """``convert``, refusing values below ``low`` or above ``high`` (None: no upper bound)."""
+
+    def check(value: Any) -> Any:
+        number = convert(value)
+        if number < low or (high is not None and number > high):
+            bound = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
+            raise ValueError(f"{value!r} is not {bound}")
+        return number
+
+    return check
 
 
-def _positive_int(value: Any) -> int:
-    number = int(value)
-    if number < 1:
-        raise ValueError(f"{value!r} must be at least 1")
-    return number
-
-
-def _verbosity(value: Any) -> int:
-    number = int(value)
-    if not 0 <= number <= 10:
-        raise ValueError(f"{value!r} is not between 0 and 10")
-    return number
+_ratio = _within(float, 0.0, 1.0)
+_positive_int = _within(int, 1)
+_verbosity = _within(int, 0, 10)
 
 
 def _ipv4(value: Any) -> str:
@@ -152,7 +150,8 @@ OPTIONS: tuple[Option, ...] = (
            _port_range,
            "local ports for the proxy listeners, A-B or A+N; '' lets the kernel choose "
            "(default 61000-64999, outside ip_local_port_range)", "RANGE"),
-    _duration_option("udp_timeout", "--udp-timeout", "udpTimeout", "30s",
+    _duration_option("udp_timeout", "--udp-timeout", "udpTimeout",
+                     f"{DEFAULT_UDP_TIMEOUT_SECONDS:g}s",
                      "idle time after which a UDP client session is closed"),
     _duration_option("tcp_idle_timeout", "--tcp-idle-timeout", "tcpIdleTimeout", "0s",
                      "close TCP connections idle this long; 0 means never"),
@@ -235,9 +234,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(option.flag, dest=option.dest, default=None,
                                 choices=option.choices, metavar=option.metavar, help=option.help)
 
-
-def describe_default(option: Option) -> str:
-    """The default as a user would write it (for docs and the example config)."""
-    if isinstance(option.default, bool):
-        return "true" if option.default else "false"
-    return str(option.default)

@@ -62,8 +62,6 @@ class BoundedFrequencyRunner:
         self.retry_max = retry_max
         self.name = name
         self.clock: Clock = clock or GeventClock()
-        self.runs_total = 0
-        self.failures_total = 0
         self._requested = gevent.event.Event()
         self._last_start = float("-inf")
         self._retry_delay = 0.0
@@ -108,13 +106,13 @@ class BoundedFrequencyRunner:
             self._run_once(periodic)
 
     def _run_once(self, periodic: bool) -> None:
-        self.runs_total += 1
+        # Not counted here: every run is one Daemon.sync, whose own counters (syncs, errors,
+        # duration) are exported, and count the initial sync this runner does not make.
         try:
             self.fn(periodic)
         except gevent.GreenletExit:
             raise
         except Exception as exc:  # noqa: BLE001 - a failed sync is retried, never fatal
-            self.failures_total += 1
             self._retry_delay = min(self.retry_max,
                                     max(self.retry_initial, self._retry_delay * 2))
             log_event(log, logging.ERROR, "sync failed; retrying", runner=self.name,

@@ -7,13 +7,12 @@ so it is tested without a daemon.
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from edgeproxy.daemon.views import DaemonView
-from edgeproxy.forwarding.stats import ServiceStats
-from edgeproxy.model import ServicePortKey
-
-_NO_STATS = ServiceStats()  # a service port the forwarder does not (yet) report on
+if TYPE_CHECKING:  # `edgeproxy status` imports this module for render_text alone: keep it light
+    from edgeproxy.daemon.views import DaemonView
+    from edgeproxy.forwarding.stats import ServiceStats
+    from edgeproxy.model import ServicePortKey
 
 
 def _file_errors(daemon: DaemonView) -> list[dict]:
@@ -31,13 +30,24 @@ def _stats(daemon: DaemonView) -> Mapping[ServicePortKey, ServiceStats]:
         return {}
 
 
+def _watcher(daemon: DaemonView) -> dict[str, Any] | None:
+    watcher = daemon.watcher
+    if watcher is None:
+        return None
+    return {"running": watcher.running, "eventsTotal": watcher.events_total,
+            "restartsTotal": watcher.restarts_total, "watchdog": watcher.watchdog_version}
+
+
 def build_status(daemon: DaemonView) -> dict[str, Any]:
+    from edgeproxy.forwarding.stats import ServiceStats
+
+    no_stats = ServiceStats()  # a service port the forwarder does not (yet) report on
     state = daemon.applied
     stats = _stats(daemon)
     services = []
     for key in sorted(state.ports):
         sp = state.ports[key]
-        st = stats.get(key, _NO_STATS)
+        st = stats.get(key, no_stats)
         services.append({
             "service": key.comment,
             "protocol": key.protocol.value,
@@ -79,6 +89,7 @@ def build_status(daemon: DaemonView) -> dict[str, Any]:
                   "wouldRemove": held.removed if held else 0,
                   "maxRemovalRatio": daemon.config.max_removal_ratio,
                   "holdsTotal": daemon.counters.holds_total},
+        "watcher": _watcher(daemon),
         "retrying": [str(p) for p in computed.retry] if computed is not None else [],
         "dataPathRepairsTotal": daemon.proxy.repairs_total if daemon.proxy is not None else 0,
         "repairs": {"total": keeper.repairs_total if keeper is not None else 0,

@@ -20,6 +20,7 @@ from edgeproxy.daemon.config import DaemonConfig
 from edgeproxy.daemon.guard import GuardDecision
 from edgeproxy.forwarding.stats import ServiceStats
 from edgeproxy.model import DesiredState, ListenAddresses, ManifestError, ServicePortKey
+from edgeproxy.rules.backends.check import CheckReport
 
 # Sync duration histogram buckets (seconds): from one changed file to a 10,000-service reload.
 SYNC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -50,6 +51,7 @@ class DaemonCounters:
 @runtime_checkable
 class BackendView(Protocol):
     name: str
+    check: CheckReport  # how the periodic checks were answered
 
 
 @runtime_checkable
@@ -61,8 +63,19 @@ class KeeperView(Protocol):
     apply_errors_total: int
     checks_total: int
     check_seconds_total: float
+    conntrack_deleted_total: int
     last_repair_descriptions: list[str]
     problem: str | None  # why the rules are not known to be in place
+
+
+@runtime_checkable
+class WatcherView(Protocol):
+    """The manifest directory watcher (a supervised child process)."""
+
+    running: bool  # a child is up with its watches in place
+    events_total: int
+    restarts_total: int
+    watchdog_version: str | None  # the child's watchdog, once it reported ready
 
 
 @runtime_checkable
@@ -95,6 +108,7 @@ class DaemonView(Protocol):
     held: GuardDecision | None
     keeper: KeeperView | None  # None until started
     proxy: ProxyView | None
+    watcher: WatcherView | None  # None when not watching (or not started)
     last_phases: Mapping[str, float]
     last_applied_wall: float | None
     queued_since: float | None  # monotonic: the oldest change not yet applied

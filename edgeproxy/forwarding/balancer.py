@@ -228,9 +228,3 @@ class Balancer:
         self._expire(self._clock())
         return len(self._affinity)
 
-    def affinity_of(self, client_ip: str) -> Endpoint | None:
-        """The endpoint a client is pinned to right now (for tests and status), if any."""
-        pinned = self._affinity.get(client_ip)
-        if pinned is None or self._clock() - pinned[1] >= self.affinity_timeout:
-            return None
-        return pinned[0]

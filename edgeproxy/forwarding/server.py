@@ -1,6 +1,9 @@
-"""`ProxyServer`: the forwarding side of the desired state (the contract in TEAM.md).
+"""`ProxyServer`: the forwarding side of the desired state, and what the daemon may rely on.
 
-It turns ``Mapping[ServicePortKey, ServicePort]`` into listeners on proxy ports:
+``reconcile(ports)`` turns ``Mapping[ServicePortKey, ServicePort]`` into listeners on proxy
+ports and returns the proxy port of every key it serves (docs/forwarding.md); ``stats()`` gives
+a `ServiceStats` per key, draining ones included; ``sync_routes(vips)`` keeps the host routes an
+offline node needs; ``start``/``stop(grace)`` bracket it all:
 
 * new key: allocate a port (stable across restarts, see `ports`), bind the listen address of
   every family the service has VIPs in on that same port, start accepting;
@@ -43,7 +46,8 @@ from edgeproxy.forwarding.splice import PipePool
 from edgeproxy.forwarding.stats import ServiceStats
 from edgeproxy.forwarding.tcp import TcpService
 from edgeproxy.forwarding.udp import UdpService
-from edgeproxy.model import ListenAddresses, Protocol, ServicePort, ServicePortKey
+from edgeproxy.model import (DEFAULT_UDP_TIMEOUT_SECONDS, ListenAddresses, Protocol, ServicePort,
+                             ServicePortKey)
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +71,7 @@ class ProxyServer:
         listen: ListenAddresses,
         port_range: PortRange | None = None,
         state_dir: Path = Path("/run/edgeproxy"),
-        udp_timeout: float = 300.0,
+        udp_timeout: float = DEFAULT_UDP_TIMEOUT_SECONDS,
         tcp_idle_timeout: float | None = None,
         drain_grace: float = 30.0,
         max_connections_per_service: int = 10000,

@@ -36,6 +36,7 @@ from gevent.socket import wait_read
 
 from edgeproxy.forwarding.balancer import Balancer, NoEndpointsError
 from edgeproxy.forwarding.budget import SocketBudget
+from edgeproxy.forwarding.listeners import Listeners
 from edgeproxy.forwarding.splice import SPLICE_FLAGS, PipePool
 from edgeproxy.forwarding.stats import ServiceStats
 
@@ -472,7 +473,7 @@ class TcpService:
         self.idle_timeout = idle_timeout
         self.dial_timeouts = dial_timeouts
         self.loop = gevent.get_hub().loop
-        self.listeners: list[tuple[_socket.socket, object]] = []
+        self.listeners = Listeners(self.loop, self._on_accept)
         self.connections: set[Connection] = set()
         self.pending = 0  # connections accepted, still dialing
         self._paused = False
@@ -483,11 +484,7 @@ class TcpService:
     # -- listeners -----------------------------------------------------------------------------
 
     def add_listener(self, sock: _socket.socket) -> None:
-        sock.setblocking(False)
-        watcher = self.loop.io(sock.fileno(), _READ)
-        self.listeners.append((sock, watcher))
-        if self.accepting and not self._paused:
-            watcher.start(self._on_accept, sock)
+        self.listeners.add(sock, watch=self.accepting and not self._paused)
 
     def start(self) -> None:
         self.accepting = True
@@ -495,13 +492,11 @@ class TcpService:
 
     def _resume(self) -> None:
         self._paused = False
-        for sock, watcher in self.listeners:
-            watcher.start(self._on_accept, sock)
+        self.listeners.watch()
 
     def _pause(self) -> None:
         self._paused = True
-        for _, watcher in self.listeners:
-            watcher.stop()
+        self.listeners.unwatch()
 
     def close_listeners(self) -> None:
         """Stop accepting at once (removed service); open connections keep running."""
@@ -510,27 +505,16 @@ class TcpService:
             self._backoff_timer.stop()
             self._backoff_timer.close()
             self._backoff_timer = None
-        for sock, watcher in self.listeners:
-            watcher.stop()
-            watcher.close()
-            sock.close()
-        self.listeners = []
+        self.listeners.close()
 
     def close_family(self, family: int) -> int:
         """Stop accepting on the listeners of one address family (the service lost its last
         VIP of that family); connections already accepted keep running. Returns how many
         listeners were closed."""
-        keep, closed = [], 0
-        for sock, watcher in self.listeners:
-            if sock.family == family:
-                watcher.stop()
-                watcher.close()
-                sock.close()
-                closed += 1
-            else:
-                keep.append((sock, watcher))
-        self.listeners = keep
-        return closed
+        gone = self.listeners.remove_family(family)
+        for sock in gone:
+            sock.close()
+        return len(gone)
 
     @property
     def active(self) -> int:

@@ -31,7 +31,9 @@ import gevent
 
 from edgeproxy.forwarding.balancer import Balancer, NoEndpointsError
 from edgeproxy.forwarding.budget import SocketBudget
+from edgeproxy.forwarding.listeners import Listeners
 from edgeproxy.forwarding.stats import ServiceStats
+from edgeproxy.model import DEFAULT_UDP_TIMEOUT_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ class UdpService:
     """Listeners and sessions of one UDP service port."""
 
     def __init__(self, name: str, balancer: Balancer, stats: ServiceStats,
-                 timeout: float = 300.0, max_sessions: int = 10000,
+                 timeout: float = DEFAULT_UDP_TIMEOUT_SECONDS, max_sessions: int = 10000,
                  budget: SocketBudget | None = None) -> None:
         self.name = name
         # Every session socket counts against the process-wide descriptor budget, which may
@@ -76,7 +78,7 @@ class UdpService:
         self.timeout = timeout
         self.max_sessions = max_sessions
         self.loop = gevent.get_hub().loop
-        self.listeners: list[tuple[_socket.socket, object]] = []
+        self.listeners = Listeners(self.loop, self._on_datagram)
         # Least recently active first: every datagram moves its session to the end.
         self.sessions: OrderedDict[tuple, Session] = OrderedDict()
         self._buf = bytearray(MAX_DATAGRAM)
@@ -84,23 +86,14 @@ class UdpService:
         self.accepting = False
 
     def add_listener(self, sock: _socket.socket) -> None:
-        sock.setblocking(False)
-        watcher = self.loop.io(sock.fileno(), _READ)
-        self.listeners.append((sock, watcher))
-        if self.accepting:
-            watcher.start(self._on_datagram, sock)
+        self.listeners.add(sock, watch=self.accepting)
 
     def close_family(self, family: int) -> int:
         """Close the listeners of one address family (the service lost its last VIP of that
         family) and the sessions answering through them: their replies could not be sent from
         the right address any more. Returns how many listeners were closed."""
-        keep, gone = [], []
-        for sock, watcher in self.listeners:
-            (gone if sock.family == family else keep).append((sock, watcher))
-        self.listeners = keep
-        for sock, watcher in gone:
-            watcher.stop()
-            watcher.close()
+        gone = self.listeners.remove_family(family)
+        for sock in gone:
             for session in [s for s in self.sessions.values() if s.listener is sock]:
                 self._close(session)
             sock.close()
@@ -108,17 +101,12 @@ class UdpService:
 
     def start(self) -> None:
         self.accepting = True
-        for sock, watcher in self.listeners:
-            watcher.start(self._on_datagram, sock)
+        self.listeners.watch()
 
     def close_listeners(self) -> None:
         """Removal: UDP has nothing to drain, so sessions end with the listeners."""
         self.accepting = False
-        for sock, watcher in self.listeners:
-            watcher.stop()
-            watcher.close()
-            sock.close()
-        self.listeners = []
+        self.listeners.close()
         self.abort_all()
         self.budget.unregister_udp(self)
 

@@ -8,16 +8,17 @@ runs every second needs far less:
   kernel bumps it on every committed change to any nf_tables table of the namespace, iptables-nft
   writes included; rule counters do not change it. Same id as when the rules were last found
   right means nothing at all was written since, so nothing needs reading.
-* `rule_digest`: a SHA-256 of the raw ``NFT_MSG_NEWRULE`` messages of one table (or of some of
-  its chains), as the kernel dumps them: chain name, handle, expressions, comment, with rule
+* `chain_digests`: per chain, a SHA-256 of the raw ``NFT_MSG_NEWRULE`` messages of that chain
+  of one table, as the kernel dumps them: chain name, handle, expressions, comment, with rule
   counters blanked. No parsing, no formatting; a rule deleted, added, replaced or reordered
   changes it. It cannot say what is right, only that nothing changed since a check that parsed
   the rules found them right.
 
 The socket is opened in the namespace of the runner (tests and benchmarks run the backends in a
 namespace of their own): the calling thread enters it (`edgeproxy.netns.entered`) just for
-``socket()``; a netlink socket stays bound to the namespace it was created in. Every error returns None and the caller falls
-back to its full check, so this module can only make a check cheaper, never skip one wrongly.
+``socket()``; a netlink socket stays bound to the namespace it was created in. Every error
+returns None and the caller falls back to its full check, so this module can only make a check
+cheaper, never skip one wrongly.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ _seq = 0
 def _open(netns: str | None) -> "_socket.socket":
     """A netlink socket of the namespace ``netns``, from the C ``_socket`` module, which
     gevent's monkey-patching leaves alone: these reads run in a native thread of gevent's pool
-    (backends/base.py `off_hub`), where a cooperative socket would need a hub of its own."""
+    (backends/check.py `off_hub`), where a cooperative socket would need a hub of its own."""
     # setns affects the calling thread only, and only until the socket exists.
     with entered(netns):
         sock = _socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
@@ -179,25 +180,3 @@ def _hash(payloads: list[bytes]) -> str:
     if b"counter\x00" in blob:
         blob = _COUNTER.sub(b"counter\x00", blob)
     return hashlib.sha256(blob).hexdigest()
-
-
-def rule_digest(family: int, table: str, chains: Iterable[str] | None = None,
-                netns: str | None = None) -> str | None:
-    """One digest over ``table`` (one dump) or over the `chain_digests` of ``chains``."""
-    if chains is not None:
-        per_chain = chain_digests(family, table, chains, netns)
-        if per_chain is None:
-            return None
-        return hashlib.sha256(repr(sorted(per_chain.items())).encode()).hexdigest()
-    try:
-        sock = _open(netns)
-    except OSError:
-        return None
-    try:
-        payloads = _request(sock, NFT_MSG_GETRULE, NFPROTO[family],
-                            _attr(NFTA_RULE_TABLE, table.encode() + b"\0"), dump=True)
-    except OSError as exc:
-        return "absent" if exc.errno == errno.ENOENT else None
-    finally:
-        sock.close()
-    return _hash(payloads)

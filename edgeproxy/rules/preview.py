@@ -21,10 +21,8 @@ class PreviewError(RuntimeError):
 
 
 def load_desired_state(manifests: Path, filter_mode: FilterMode) -> DesiredState:
-    try:
-        from edgeproxy.manifests import load_state
-    except ImportError as exc:  # the loader ships with the foundation package
-        raise PreviewError(f"manifest loading is not available: {exc}") from None
+    from edgeproxy.manifests import load_state
+
     if not manifests.exists():
         raise PreviewError(f"manifest directory {manifests} does not exist")
     return load_state([manifests], filter_mode=filter_mode)

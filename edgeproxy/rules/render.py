@@ -192,9 +192,6 @@ class RuleSet:
             block = self._lines[key] = "\n".join(lines)
         return block
 
-    def captures_for(self, family: int) -> tuple[Capture, ...]:
-        return tuple(c for c in self.captures if c.family == family)
-
     def nft_text(self, family: int) -> str:
         """One ``nft -f`` transaction that replaces ``table ip|ip6 edgeproxy`` atomically.
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 
+from edgeproxy.demo.kube_proxy import StandInKubeProxy
 from edgeproxy.rules.backends import make_backend
-from edgeproxy.tools import namespace_runner
 from edgeproxy.rules.render import render_rules
+from edgeproxy.tools import namespace_runner
 from tests.rules import states
-from tests.rules.node import dump, install_kube_proxy
+from tests.rules.node import dump
 
 
 def _cleanup(netns, *args):
@@ -16,8 +17,8 @@ def _cleanup(netns, *args):
 
 
 def test_cleanup_removes_all_backends_and_is_idempotent(netns):
-    install_kube_proxy(netns, "nft")
-    install_kube_proxy(netns, "nft", family=6)  # (empty built-in tables would stay: harmless)
+    StandInKubeProxy(netns, "nft").install()
+    StandInKubeProxy(netns, "nft", family=6).install()  # (empty built-in tables would stay: harmless)
     before = dump(netns, "nft"), dump(netns, "nft", 6)
     ports = states.full_ports()
     rs = render_rules(ports, states.proxy_ports_for(ports), states.LISTEN)

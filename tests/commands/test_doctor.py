@@ -6,12 +6,12 @@ import sys
 import time
 from pathlib import Path
 
+from edgeproxy.demo.kube_proxy import StandInKubeProxy
 from edgeproxy.rules.backends import make_backend
-from edgeproxy.tools import namespace_runner
 from edgeproxy.rules.doctor import Doctor
 from edgeproxy.rules.render import render_rules
+from edgeproxy.tools import namespace_runner
 from tests.rules import states
-from tests.rules.node import install_kube_proxy
 
 # Answers 200 to everything on 127.0.0.1:PORT: the daemon's /healthz, and the web listener.
 SERVER = """
@@ -44,7 +44,7 @@ def test_doctor_reports_missing_rules_and_kube_proxy_ahead(netns):
     ports = states.example_ports()
     rs = render_rules(ports, states.proxy_ports_for(ports), states.LISTEN)
     make_backend("nft", namespace_runner(netns.name)).apply(rs)
-    install_kube_proxy(netns, "nft", at_top=True)
+    StandInKubeProxy(netns, "nft").install()
     out = _doctor(netns, "--iptables-backend", "nft")
     assert out.returncode == 1
     assert "PREROUTING: jumps after KUBE-SERVICES" in out.stdout
@@ -62,7 +62,7 @@ def test_doctor_reports_rules_in_two_backends(netns):
 
 
 def test_doctor_passes_on_a_healthy_node(netns):
-    install_kube_proxy(netns, "nft")
+    StandInKubeProxy(netns, "nft").install()
     netns.run(["ip", "addr", "add", "169.254.96.17/32", "dev", "lo"])
     netns.run(["ip", "route", "add", "198.19.0.0/16", "dev", "lo"])
     ports = {states.WEB: states.example_ports()[states.WEB]}

@@ -4,12 +4,13 @@ They implement the Protocols of edgeproxy/daemon/core.py and views.py; test_view
 that they do, so a fake cannot drift from the interface it stands in for.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edgeproxy.daemon.compute import Computed
 from edgeproxy.forwarding.stats import ServiceStats
 from edgeproxy.model import (DesiredState, Endpoint, FilterMode, Protocol, ServicePort,
                              ServicePortKey, ServiceVerdict, SkipReason, SourceRef, Verdict)
+from edgeproxy.rules.backends.check import CheckCounts
 
 
 def port(name, vip):
@@ -75,8 +76,14 @@ class FakeProxy:
 
 
 @dataclass
+class FakeCheck:
+    counts: CheckCounts
+
+
+@dataclass
 class FakeBackend:
     name: str = "fake"
+    check: FakeCheck = field(default_factory=lambda: FakeCheck(CheckCounts(7, 3, 2)))
 
 
 class FakeKeeper:
@@ -89,6 +96,7 @@ class FakeKeeper:
         self.check_seconds_total = 0.5
         self.last_repair_descriptions = ["jump moved"]
         self.apply_errors_total = 0
+        self.conntrack_deleted_total = 4
         self.problem = None
 
     def update(self, ruleset):
@@ -100,3 +108,20 @@ class FakeKeeper:
 
     def stop(self, cleanup=True):
         self.log.append(("keeper-stop", cleanup))
+
+
+class FakeWatcher:
+    def __init__(self, running=True, events_total=5, restarts_total=1, watchdog_version="6.0.0"):
+        self.running, self.events_total = running, events_total
+        self.restarts_total, self.watchdog_version = restarts_total, watchdog_version
+        self.calls = []
+
+    def start(self, wait=5.0):
+        self.calls.append("start")
+        return True
+
+    def reschedule(self):
+        self.calls.append("reschedule")
+
+    def stop(self):
+        self.calls.append("stop")

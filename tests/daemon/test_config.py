@@ -73,3 +73,21 @@ def test_schema_choices_and_defaults_are_the_options_own():
 def test_example_config_is_valid():
     config = build_config({"config": str(REPO / "config" / "edgeproxy.yaml")})
     assert config.drain_grace == pytest.approx(30.0)
+
+
+def test_udp_timeout_has_one_default_everywhere():
+    """The flag, the config schema, ProxyServer and UdpService: model.DEFAULT_UDP_TIMEOUT_SECONDS."""
+    import inspect
+
+    from edgeproxy.daemon.durations import parse_duration
+    from edgeproxy.forwarding.server import ProxyServer
+    from edgeproxy.forwarding.udp import UdpService
+    from edgeproxy.model import DEFAULT_UDP_TIMEOUT_SECONDS
+
+    option = next(o for o in OPTIONS if o.dest == "udp_timeout")
+    assert parse_duration(option.default) == DEFAULT_UDP_TIMEOUT_SECONDS
+    assert build_config({"config": None}).udp_timeout == DEFAULT_UDP_TIMEOUT_SECONDS
+    assert inspect.signature(ProxyServer).parameters["udp_timeout"].default == \
+        DEFAULT_UDP_TIMEOUT_SECONDS
+    assert inspect.signature(UdpService).parameters["timeout"].default == \
+        DEFAULT_UDP_TIMEOUT_SECONDS

@@ -13,7 +13,7 @@ from edgeproxy.daemon.http import healthz_app, metrics_app
 from edgeproxy.daemon.status import build_status, render_text
 from edgeproxy.forwarding.stats import ServiceStats
 from edgeproxy.model import ManifestError, Protocol, ServicePortKey
-from tests.daemon.fakes import FakeComputer, FakeKeeper, FakeProxy, state
+from tests.daemon.fakes import FakeComputer, FakeKeeper, FakeProxy, FakeWatcher, state
 
 
 def test_start_order_listeners_before_rules_then_ready(daemon):
@@ -130,6 +130,24 @@ def test_metrics_from_plain_counters(daemon):
     assert "edgeproxy_rule_checks_total 12.0" in body
     assert "edgeproxy_rule_check_seconds_total 0.5" in body
     assert 'edgeproxy_sync_duration_seconds_bucket{le="+Inf"}' in body
+    for stage, n in (("generation", 7), ("digests", 3), ("full", 2)):
+        assert f'edgeproxy_rule_checks_answered_total{{by="{stage}"}} {n}.0' in body
+    assert "edgeproxy_conntrack_deleted_total 4.0" in body
+    assert "edgeproxy_watcher_up 0.0" in body  # this daemon does not watch
+    assert "edgeproxy_watcher_info" not in body
+
+
+def test_watcher_exported_in_metrics_and_status(daemon):
+    daemon.watcher = FakeWatcher(running=True, events_total=5, restarts_total=1)
+    body = _call(metrics_app(daemon), "/metrics")[1]
+    assert "edgeproxy_watcher_up 1.0" in body
+    assert "edgeproxy_watcher_events_total 5.0" in body
+    assert "edgeproxy_watcher_restarts_total 1.0" in body
+    assert 'edgeproxy_watcher_info{watchdog="6.0.0"} 1.0' in body
+    assert build_status(daemon)["watcher"] == {"running": True, "eventsTotal": 5,
+                                               "restartsTotal": 1, "watchdog": "6.0.0"}
+    daemon.watcher = None
+    assert build_status(daemon)["watcher"] is None
 
 
 def test_udp_drops_and_evictions_exported_per_udp_service(daemon):

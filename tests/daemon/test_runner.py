@@ -74,7 +74,6 @@ def test_failure_retried_with_doubling_back_off_up_to_the_maximum():
                       retry_initial=0.5, retry_max=2.0)
     clock.advance(10)
     assert calls == [START, START + 0.5, START + 1.5, START + 3.5, START + 5.5]
-    assert runner.failures_total == 4 and runner.runs_total == 5
     clock.advance(60)  # success reset the back-off: the next run is the periodic one
     assert calls[5:] == [START + 65.5]
     runner.stop()

@@ -11,13 +11,14 @@ import pytest
 from edgeproxy.daemon import core, views
 from edgeproxy.daemon.compute import Computed, StateComputer
 from edgeproxy.daemon.config import build_config
+from edgeproxy.daemon.watcher import DirectoryWatcher
 from edgeproxy.forwarding.server import ProxyServer
 from edgeproxy.model import DesiredState
 from edgeproxy.rules.backends import Backend, make_backend
 from edgeproxy.tools import Result
 from edgeproxy.rules.keeper import RuleKeeper
 from edgeproxy.rules.render import RuleRenderer
-from tests.daemon.fakes import FakeComputer, FakeKeeper, FakeProxy
+from tests.daemon.fakes import FakeComputer, FakeKeeper, FakeProxy, FakeWatcher
 from tests.rules.test_keeper import FakeBackend as FakeRuleBackend
 from tests.support.protocols import assert_implements, mismatches
 
@@ -39,6 +40,7 @@ def test_an_unstarted_daemon_too():
     (FakeComputer(), core.Computer),
     (FakeProxy(), core.Proxy),
     (FakeKeeper([]), core.Keeper),
+    (FakeWatcher(), core.Watcher),
     (Computed(DesiredState(ports={}), None, 0), core.Computation),
 ])
 def test_the_fakes_the_daemon_tests_use(fake, protocol):
@@ -49,6 +51,7 @@ def test_the_real_parts():
     assert_implements(StateComputer, core.Computer)  # classes: their methods
     assert_implements(ProxyServer, core.Proxy)
     assert_implements(RuleKeeper(FakeRuleBackend()), core.Keeper)
+    assert_implements(DirectoryWatcher(Path("/nonexistent"), lambda paths: None), core.Watcher)
     # core.Renderer is a Callable alias: (ports, proxy_ports, listen) -> RuleSet
     assert list(inspect.signature(RuleRenderer()).parameters) == ["ports", "proxy_ports",
                                                                  "listen"]

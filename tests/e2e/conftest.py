@@ -7,31 +7,32 @@ from typing import Callable, Iterator, Sequence
 
 import pytest
 
-from edgeproxy import testbed as tb
-from edgeproxy.netns import netns_unavailable_reason
+from edgeproxy.demo.netns import netns_unavailable_reason
+from edgeproxy.demo.topology import Topology
 from tests.e2e.harness import DAEMON_ARGS
+from tests.support.node import Daemon
 
 
 @pytest.fixture
-def topo() -> Iterator[tb.Topology]:
+def topo() -> Iterator[Topology]:
     """pod, node and backends namespaces with the example backends running."""
     reason = netns_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    with tb.Topology("epe2e") as topology:
+    with Topology("epe2e") as topology:
         yield topology
 
 
 @pytest.fixture
-def start_daemon(topo: tb.Topology, tmp_path: Path) -> Iterator[Callable[..., tb.Daemon]]:
+def start_daemon(topo: Topology, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     """start_daemon(manifests, extra_args=(), ready=True, workdir=None) -> Daemon in the node namespace.
     Every daemon started is stopped afterwards; its log is printed (shown when a test fails)."""
-    daemons: list[tb.Daemon] = []
+    daemons: list[Daemon] = []
 
     def start(manifests: Path, extra_args: Sequence[str] = (), ready: bool = True,
-              workdir: Path | None = None) -> tb.Daemon:
+              workdir: Path | None = None) -> Daemon:
         # Reusing `workdir` reuses the state dir, as a restart under systemd does (/run).
-        daemon = tb.Daemon(topo.node, manifests, workdir or tmp_path / f"daemon{len(daemons)}",
+        daemon = Daemon(topo.node, manifests, workdir or tmp_path / f"daemon{len(daemons)}",
                            extra_args=[*DAEMON_ARGS, *extra_args])
         daemons.append(daemon)
         daemon.start()

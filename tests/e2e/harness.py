@@ -1,12 +1,12 @@
 """End-to-end harness: the real `edgeproxy run` process on a namespaced edge node.
 
-Builds on `edgeproxy.testbed` (topology, backends, stand-in kube-proxy, daemon subprocess) and
+Builds on `edgeproxy.demo` (topology, backends, stand-in kube-proxy, daemon subprocess) and
 adds what the e2e tests need on top:
 
 - `ClientLoop`: a thread inside the pod namespace that keeps requesting a set of services
   through their cluster IPs and records every failure with its time and error, so a test can
   assert "no request to an unchanged service failed while X happened".
-- Mirrors: the three ways a mirror updates a directory (DESIGN.md): `AtomicRenameMirror`
+- Mirrors: the three ways a mirror updates a directory: `AtomicRenameMirror`
   (rsync/kubectl: temp file + rename), `SymlinkSwapMirror` (git-sync: the root is a symlink to
   a versioned copy, swapped atomically; or the ConfigMap-volume layout where `..data` is swapped
   and the files are symlinks through it), `InPlaceMirror` (truncate and write in chunks).
@@ -27,8 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgeproxy import testbed as tb
-from edgeproxy.netns import NetNS
+from edgeproxy.demo.clients import http_get, wait_until
+from edgeproxy.demo.kube_proxy import Iptables
+from edgeproxy.demo.netns import NetNS
+from edgeproxy.demo.topology import DNS_RECORD, DNS_VIP, Topology, WEB_VIP
+from tests.support.node import Daemon, metric_value
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "config" / "examples"
 # Fast enough for tests, slow enough not to load two shared CPUs.
@@ -38,7 +41,7 @@ API_VIP = "198.19.0.40"
 
 
 def api_manifest(backend: str, port: int = 8080, vip: str = API_VIP, name: str = "api") -> str:
-    """A Service + Endpoints pair; `backend` is one of testbed.WEB_BACKENDS' addresses."""
+    """A Service + Endpoints pair; `backend` is one of topology.WEB_BACKENDS' addresses."""
     return f"""\
 apiVersion: v1
 kind: Service
@@ -177,36 +180,36 @@ def _raw_http(host: str, port: int, timeout: float) -> str:
 def web_probe(timeout: float = 1.0) -> Callable[[], object]:
     """Probe for the unchanged web service (must be answered by web-1 or web-2)."""
     def probe() -> bool:
-        return _raw_http(tb.WEB_VIP, 80, timeout) in ("web-1", "web-2")
+        return _raw_http(WEB_VIP, 80, timeout) in ("web-1", "web-2")
     return probe
 
 
 def dns_probe(timeout: float = 1.0) -> Callable[[], object]:
-    name, addr = tb.DNS_RECORD
+    name, addr = DNS_RECORD
 
     def probe() -> bool:
         def udp() -> socket.socket:
             return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        return dns_query(udp, tb.DNS_VIP, name, timeout) == [addr]
+        return dns_query(udp, DNS_VIP, name, timeout) == [addr]
     return probe
 
 
-def standard_client(topo: tb.Topology) -> ClientLoop:
+def standard_client(topo: Topology) -> ClientLoop:
     """Client loop over the services a test leaves unchanged: web (TCP) and DNS (UDP)."""
     return ClientLoop(topo.pod, {"web": web_probe(), "dns": dns_probe()})
 
 
-def api_answer(topo: tb.Topology, vip: str = API_VIP) -> str | None:
+def api_answer(topo: Topology, vip: str = API_VIP) -> str | None:
     try:
-        return tb.http_get(topo.pod, vip, timeout=0.5).strip()
+        return http_get(topo.pod, vip, timeout=0.5).strip()
     except OSError:
         return None
 
 
-def wait_api(topo: tb.Topology, expected: str | None, timeout: float = 8.0,
+def wait_api(topo: Topology, expected: str | None, timeout: float = 8.0,
              vip: str = API_VIP) -> float:
     """Seconds until the api service answers `expected` (None: stops answering)."""
-    took = tb.wait_until(lambda: api_answer(topo, vip) == expected, timeout, interval=0.03)
+    took = wait_until(lambda: api_answer(topo, vip) == expected, timeout, interval=0.03)
     assert took is not None, (f"{vip} still answers {api_answer(topo, vip)!r}, "
                               f"expected {expected!r} after {timeout} s")
     return took
@@ -396,7 +399,7 @@ def assert_rules_once(node: NetNS) -> None:
     dupes = sorted({line for line in lines if lines.count(line) > 1})
     assert not dupes, f"duplicated rules: {dupes}"
     for chain in ("PREROUTING", "OUTPUT"):
-        targets = tb.nat_chain_targets(node, chain)
+        targets = Iptables(node).targets(chain)
         portals = [t for t in targets if t.startswith("KUBE-PORTALS")]
         assert len(portals) == 1, f"{chain} jumps: {targets}"
         if "KUBE-SERVICES" in targets:
@@ -448,8 +451,8 @@ def manifest_error_metric(metrics: str, file_name: str) -> float:
 
 
 def guard_metric(metrics: str) -> float:
-    return tb.metric_value(metrics, "edgeproxy_mass_removal_held") or 0.0
+    return metric_value(metrics, "edgeproxy_mass_removal_held") or 0.0
 
 
-def chain_repairs(daemon: tb.Daemon) -> float:
-    return tb.metric_value(daemon.metrics(), "edgeproxy_chain_repairs_total") or 0.0
+def chain_repairs(daemon: Daemon) -> float:
+    return metric_value(daemon.metrics(), "edgeproxy_chain_repairs_total") or 0.0

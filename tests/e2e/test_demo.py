@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from edgeproxy.netns import netns_unavailable_reason
+from edgeproxy.demo.netns import netns_unavailable_reason
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
 

@@ -21,14 +21,17 @@ from pathlib import Path
 
 import pytest
 
-from edgeproxy import testbed as tb
+from edgeproxy.demo.clients import http_get
+from edgeproxy.demo.daemon import LISTEN_INTERFACE
+from edgeproxy.demo.topology import DNS_VIP, Topology, WEB_BACKENDS, WEB_VIP
 from tests.e2e import harness as h
+from tests.support.node import Daemon, metric_value
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(120)]
 PERIOD = 0.3  # the harness's --iptables-sync-period
 
 
-def _health(daemon: tb.Daemon) -> tuple[int, dict]:
+def _health(daemon: Daemon) -> tuple[int, dict]:
     try:
         code, body = daemon.get("/healthz", timeout=0.5)
     except OSError:
@@ -66,7 +69,7 @@ def test_a_deleted_listen_interface_is_back_within_5s_and_health_says_so(topo, s
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     deleted_at = time.monotonic()
-    topo.node.run(["ip", "link", "del", tb.LISTEN_INTERFACE])
+    topo.node.run(["ip", "link", "del", LISTEN_INTERFACE])
     back = _wait(lambda: _probe_in(topo), 5.0, 0.05)
     took = time.monotonic() - deleted_at
     time.sleep(3 * PERIOD)
@@ -81,12 +84,12 @@ def test_a_deleted_listen_interface_is_back_within_5s_and_health_says_so(topo, s
     assert seen[-1][0] == 200, seen[-5:]
     assert "data path repaired" in daemon.log_tail(200)
     # The host path (needs the host routes on the interface) works again too.
-    assert tb.http_get(topo.node, tb.WEB_VIP, timeout=2).strip() in ("web-1", "web-2")
+    assert http_get(topo.node, WEB_VIP, timeout=2).strip() in ("web-1", "web-2")
 
 
-def _probe_in(topo: tb.Topology) -> bool:
+def _probe_in(topo: Topology) -> bool:
     try:
-        return tb.http_get(topo.pod, tb.WEB_VIP, timeout=0.5).strip() in ("web-1", "web-2")
+        return http_get(topo.pod, WEB_VIP, timeout=0.5).strip() in ("web-1", "web-2")
     except OSError:
         return False
 
@@ -97,7 +100,7 @@ def test_a_second_instance_is_refused_and_the_first_keeps_serving(topo, start_da
     first = start_daemon(mirror.root)
     client = h.standard_client(topo).start()
     client.wait_for_requests()
-    second = tb.Daemon(topo.node, mirror.root, tmp_path / "second",
+    second = Daemon(topo.node, mirror.root, tmp_path / "second",
                        extra_args=[*h.DAEMON_ARGS, "--state-dir",
                                    str(first.workdir / "state")])
     started = time.monotonic()
@@ -110,7 +113,7 @@ def test_a_second_instance_is_refused_and_the_first_keeps_serving(topo, start_da
     client.stop()
     client.assert_no_failures()
     assert first.running()
-    assert topo.node.run(["ip", "link", "show", tb.LISTEN_INTERFACE],
+    assert topo.node.run(["ip", "link", "show", LISTEN_INTERFACE],
                          check=False).returncode == 0
     h.assert_rules_once(topo.node)
 
@@ -123,7 +126,7 @@ def test_fifos_never_block_a_change_and_sigterm_still_exits(topo, start_daemon, 
     assert _wait(lambda: h.file_errors(daemon.status(), "x.yaml"), 6)
     assert "FIFO" in h.file_errors(daemon.status(), "x.yaml")[0]["message"]
     os.mkfifo(mirror.root / "y.yaml")  # added later, next to a real change
-    mirror.write("api.yaml", h.api_manifest(tb.WEB_BACKENDS["web-3"]))
+    mirror.write("api.yaml", h.api_manifest(WEB_BACKENDS["web-3"]))
     h.wait_api(topo, "web-3")
     client.stop()
     client.assert_no_failures()
@@ -139,10 +142,10 @@ def test_symlinks_out_of_the_root_and_insecure_places_are_refused(topo, start_da
     daemon = start_daemon(mirror.root)
     outside = tmp_path / "outside"
     outside.mkdir(mode=0o755)
-    (outside / "evil.yaml").write_text(h.api_manifest(tb.WEB_BACKENDS["web-3"]))
+    (outside / "evil.yaml").write_text(h.api_manifest(WEB_BACKENDS["web-3"]))
     (mirror.root / "linked").symlink_to(outside)  # a directory symlink added after start
     (mirror.root / "shadow.yaml").symlink_to("/etc/shadow")
-    (mirror.root / "open.yaml").write_text(h.api_manifest(tb.WEB_BACKENDS["web-3"],
+    (mirror.root / "open.yaml").write_text(h.api_manifest(WEB_BACKENDS["web-3"],
                                                           vip="198.19.0.41", name="open"))
     os.chmod(mirror.root / "open.yaml", 0o666)  # anyone could rewrite it
     mirror.write("touch.yaml", "# any change wakes the watcher\n")
@@ -163,7 +166,7 @@ def test_symlinks_out_of_the_root_and_insecure_places_are_refused(topo, start_da
     os.chmod(unsafe, 0o777)
     other = h.AtomicRenameMirror(unsafe / "mirror")
     os.chmod(unsafe, 0o777)
-    refused_daemon = tb.Daemon(topo.node, other.root, tmp_path / "refused",
+    refused_daemon = Daemon(topo.node, other.root, tmp_path / "refused",
                                extra_args=list(h.DAEMON_ARGS))
     refused_daemon.start()
     assert refused_daemon.wait(timeout=10) == 1
@@ -200,7 +203,7 @@ def test_a_60mib_file_is_refused_fast_with_bounded_memory_and_no_failed_request(
     assert _wait(lambda: not h.file_errors(daemon.status(), "huge.yaml"), 6)
 
 
-class _LowFdDaemon(tb.Daemon):
+class _LowFdDaemon(Daemon):
     """The daemon under a descriptor limit lower than ours (ulimit -n before exec)."""
 
     def __init__(self, *args, limit: int, **kwargs) -> None:
@@ -237,7 +240,7 @@ def test_a_udp_flood_under_a_low_fd_limit_leaves_health_and_tcp_unharmed(topo, t
                     s.setblocking(False)
                     socks.append(s)
                     s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00\x01",
-                             (tb.DNS_VIP, 53))
+                             (DNS_VIP, 53))
                     if len(socks) >= 500:
                         for old in socks:
                             old.close()
@@ -253,7 +256,7 @@ def test_a_udp_flood_under_a_low_fd_limit_leaves_health_and_tcp_unharmed(topo, t
         client.assert_no_failures()
         assert health and all(code == 200 for code in health), health
         metrics = daemon.metrics()
-        assert (tb.metric_value(metrics, "edgeproxy_udp_evicted_total") or 0) > 0
+        assert (metric_value(metrics, "edgeproxy_udp_evicted_total") or 0) > 0
         log = Path(daemon.log_path).read_text(errors="replace")
         assert "Traceback" not in log and "Too many open files" not in log, log[-3000:]
     finally:
@@ -276,7 +279,7 @@ def test_health_while_a_change_waits_for_the_xtables_lock(topo, start_daemon, tm
     try:
         time.sleep(0.3)
         changed_at = time.monotonic()
-        mirror.write("api.yaml", h.api_manifest(tb.WEB_BACKENDS["web-3"]))
+        mirror.write("api.yaml", h.api_manifest(WEB_BACKENDS["web-3"]))
         codes: list[tuple[float, int, list]] = []
         while time.monotonic() - changed_at < 3.5:
             code, body = _health(daemon)
@@ -301,7 +304,7 @@ def test_a_file_written_in_chunks_is_never_served_half_written(topo, start_daemo
     mirror = h.AtomicRenameMirror(tmp_path / "mirror")
     daemon = start_daemon(mirror.root)
     client = h.standard_client(topo).start()
-    text = h.api_manifest(tb.WEB_BACKENDS["web-3"])
+    text = h.api_manifest(WEB_BACKENDS["web-3"])
     path = mirror.root / "api.yaml"
     samples: list[dict] = []
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -13,18 +13,20 @@ import time
 
 import pytest
 
-from edgeproxy import testbed as tb
+from edgeproxy.demo.clients import wait_until
+from edgeproxy.demo.kube_proxy import StandInKubeProxy
+from edgeproxy.demo.topology import METRICS_PORT, METRICS_VIP, WEB_BACKENDS
 from tests.e2e import harness as h
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
 
-LABELLED = (tb.METRICS_VIP, tb.METRICS_PORT, tb.WEB_BACKENDS["web-1"], tb.METRICS_PORT)
-WEB = tb.WEB_BACKENDS
+LABELLED = (METRICS_VIP, METRICS_PORT, WEB_BACKENDS["web-1"], METRICS_PORT)
+WEB = WEB_BACKENDS
 
 
 @pytest.mark.parametrize("style", list(h.MIRRORS))
 def test_add_change_break_fix_delete(style, topo, start_daemon, tmp_path):
-    tb.install_kube_proxy(topo.node, [LABELLED])
+    StandInKubeProxy(topo.node).install([LABELLED])
     mirror = h.MIRRORS[style](tmp_path / "mirror")
     daemon = start_daemon(mirror.root)
     client = h.standard_client(topo).start()
@@ -39,7 +41,7 @@ def test_add_change_break_fix_delete(style, topo, start_daemon, tmp_path):
         h.wait_api(topo, "web-2")
 
         mirror.write("api.yaml", h.BROKEN_MANIFEST)  # break: last-good keeps serving
-        assert tb.wait_until(lambda: h.file_errors(daemon.status(), "api.yaml"),
+        assert wait_until(lambda: h.file_errors(daemon.status(), "api.yaml"),
                              timeout=5) is not None, daemon.status()
         assert h.api_answer(topo) == "web-2"
         assert h.manifest_error_metric(daemon.metrics(), "api.yaml") >= 1
@@ -48,7 +50,7 @@ def test_add_change_break_fix_delete(style, topo, start_daemon, tmp_path):
 
         mirror.write("api.yaml", h.api_manifest(WEB["web-1"]))  # fix
         h.wait_api(topo, "web-1")
-        assert tb.wait_until(lambda: not h.file_errors(daemon.status(), "api.yaml"),
+        assert wait_until(lambda: not h.file_errors(daemon.status(), "api.yaml"),
                              timeout=5) is not None, daemon.status()
 
         mirror.delete("api.yaml")  # delete: its service goes, nothing else does
@@ -72,7 +74,7 @@ def test_emptied_directory_is_held_by_the_mass_removal_guard(style, topo, start_
     try:
         client.wait_for_requests(2)
         mirror.delete_all()
-        assert tb.wait_until(lambda: h.removal_held(daemon.status()), timeout=5) is not None, \
+        assert wait_until(lambda: h.removal_held(daemon.status()), timeout=5) is not None, \
             daemon.status()
         time.sleep(1.0)  # several sync periods: it must stay held, not flap
         client.wait_for_requests(5)

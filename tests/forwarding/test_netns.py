@@ -220,7 +220,7 @@ print(data.decode(), src[0], src[1])
 
 
 def test_pod_path_through_prerouting_tcp_and_udp(netns_factory, tmp_path):
-    from edgeproxy.netns import veth_pair
+    from tests.support.netns import veth_pair
 
     node, pod = netns_factory("epnode"), netns_factory("eppod")
     veth_pair(pod, node, ["198.18.0.2/24"], ["198.18.0.1/24"])

@@ -6,12 +6,13 @@ import time
 
 import pytest
 
+from edgeproxy.demo.kube_proxy import StandInKubeProxy
 from edgeproxy.rules.backends import make_backend
 from edgeproxy.rules.backends.check import CheckCounts
-from edgeproxy.tools import LocalRunner, namespace_runner
 from edgeproxy.rules.render import render_rules
+from edgeproxy.tools import LocalRunner, namespace_runner
 from tests.rules import states
-from tests.rules.node import dump, install_kube_proxy, ipt, ours_before_kube, targets
+from tests.rules.node import dump, ipt, ours_before_kube, targets
 
 FLAVORS = ["legacy", "nft"]
 
@@ -23,7 +24,7 @@ def _ruleset(ports=None):
 
 @pytest.mark.parametrize("flavor", FLAVORS)
 def test_apply_twice_changes_nothing_and_keeps_kube_proxy_rules(netns, flavor):
-    install_kube_proxy(netns, flavor)
+    StandInKubeProxy(netns, flavor).install()
     backend = make_backend(flavor, namespace_runner(netns.name))
     rs = _ruleset()
     backend.apply(rs)
@@ -42,7 +43,7 @@ def test_apply_twice_changes_nothing_and_keeps_kube_proxy_rules(netns, flavor):
 
 @pytest.mark.parametrize("flavor", FLAVORS)
 def test_periodic_check_of_a_right_table_compares_text_without_parsing(netns, flavor):
-    install_kube_proxy(netns, flavor)
+    StandInKubeProxy(netns, flavor).install()
     backend = make_backend(flavor, namespace_runner(netns.name))
     rs = _ruleset()
     backend.apply(rs)
@@ -94,7 +95,7 @@ class RecordingRunner(LocalRunner):
 
 @pytest.mark.parametrize("flavor", FLAVORS)
 def test_one_service_changed_among_many_is_written_as_an_edit(netns, flavor):
-    install_kube_proxy(netns, flavor)
+    StandInKubeProxy(netns, flavor).install()
     runner = RecordingRunner(namespace_runner(netns.name))
     backend = make_backend(flavor, runner)
     ports = states.example_ports()
@@ -135,7 +136,7 @@ def test_kube_proxy_jump_inserted_later_at_rule_one_is_repaired(netns, flavor):
     rs = _ruleset()
     backend.apply(rs)
     assert backend.check_and_repair(rs) == []
-    install_kube_proxy(netns, flavor, at_top=True)  # kube-proxy (re)starts after us
+    StandInKubeProxy(netns, flavor).install()  # kube-proxy (re)starts after us
     assert targets(netns, flavor, "PREROUTING")[0] == "KUBE-SERVICES"
     repairs = backend.check_and_repair(rs)
     assert any("PREROUTING" in r for r in repairs) and any("OUTPUT" in r for r in repairs)
@@ -150,7 +151,7 @@ def test_kube_proxy_jump_inserted_later_at_rule_one_is_repaired(netns, flavor):
 
 @pytest.mark.parametrize("flavor", FLAVORS)
 def test_chains_deleted_behind_our_back_are_restored(netns, flavor):
-    install_kube_proxy(netns, flavor)
+    StandInKubeProxy(netns, flavor).install()
     backend = make_backend(flavor, namespace_runner(netns.name))
     rs = _ruleset()
     backend.apply(rs)
@@ -171,7 +172,7 @@ def test_chains_deleted_behind_our_back_are_restored(netns, flavor):
 
 @pytest.mark.parametrize("flavor", FLAVORS)
 def test_restart_after_sigkill_leaves_one_copy_and_no_stale_rule(netns, flavor):
-    install_kube_proxy(netns, flavor)
+    StandInKubeProxy(netns, flavor).install()
     runner = namespace_runner(netns.name)
     old = _ruleset()
     make_backend(flavor, runner).apply(old)
@@ -195,8 +196,8 @@ def test_restart_after_sigkill_leaves_one_copy_and_no_stale_rule(netns, flavor):
 
 @pytest.mark.parametrize("flavor", FLAVORS)
 def test_cleanup_restores_tables_exactly_and_twice_is_fine(netns, flavor):
-    install_kube_proxy(netns, flavor)
-    install_kube_proxy(netns, flavor, family=6)
+    StandInKubeProxy(netns, flavor).install()
+    StandInKubeProxy(netns, flavor, family=6).install()
     before = dump(netns, flavor), dump(netns, flavor, 6)
     backend = make_backend(flavor, namespace_runner(netns.name))
     backend.apply(_ruleset())
@@ -217,8 +218,8 @@ def _whole_ruleset(netns) -> tuple[str, str, str]:
 
 def test_cleanup_after_every_backend_leaves_the_whole_ruleset_exactly_as_before(netns):
     for flavor in FLAVORS:
-        install_kube_proxy(netns, flavor)
-        install_kube_proxy(netns, flavor, family=6)
+        StandInKubeProxy(netns, flavor).install()
+        StandInKubeProxy(netns, flavor, family=6).install()
     netns.run(["nft", "-f", "-"], input=KUBE_PROXY_NFT)
     before = _whole_ruleset(netns)
     rs = _ruleset()
@@ -345,7 +346,7 @@ def test_real_connection_to_vip_reaches_listener_ahead_of_kube_proxy(netns, back
     if backend_name == "nftables":
         netns.run(["nft", "-f", "-"], input=KUBE_PROXY_NFT)
     else:
-        install_kube_proxy(netns, backend_name)
+        StandInKubeProxy(netns, backend_name).install()
     proc = _serve_http(netns)
     try:
         make_backend(backend_name, namespace_runner(netns.name)).apply(_ruleset())
@@ -359,12 +360,3 @@ def test_real_connection_to_vip_reaches_listener_ahead_of_kube_proxy(netns, back
     finally:
         proc.kill()
         proc.wait()
-
-
-def test_only_our_writes_counts_transactions_across_the_32_bit_wrap():
-    from edgeproxy.rules.backends.base import only_our_writes
-
-    assert only_our_writes(10, 12, 2)
-    assert not only_our_writes(10, 13, 2)  # someone else wrote too
-    assert only_our_writes(0xFFFFFFFF, 1, 2)
-    assert not only_our_writes(None, 12, 2) and not only_our_writes(10, None, 2)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgeproxy.rules.backends.check import CheckCounts, StagedCheck
+from edgeproxy.rules.backends.check import CheckCounts, StagedCheck, only_our_writes
 from edgeproxy.rules.render import render_rules
 from tests.rules import states
 
@@ -114,3 +114,10 @@ def test_no_generation_no_trust():
     assert check.clean is None
     assert check.check_and_repair(RS) == [] and check.counts == CheckCounts(full=1)
     assert check.check_and_repair(RS) == [] and check.counts == CheckCounts(digests=1, full=1)
+
+
+def test_only_our_writes_counts_transactions_across_the_32_bit_wrap():
+    assert only_our_writes(10, 12, 2)
+    assert not only_our_writes(10, 13, 2)  # someone else wrote too
+    assert only_our_writes(0xFFFFFFFF, 1, 2)
+    assert not only_our_writes(None, 12, 2) and not only_our_writes(10, None, 2)

@@ -8,13 +8,13 @@ import socket
 
 import pytest
 
+from edgeproxy.demo.kube_proxy import StandInKubeProxy
 from edgeproxy.rules.backends import make_backend
-from edgeproxy.tools import namespace_runner
 from edgeproxy.rules.conntrack import flush_udp_flows
 from edgeproxy.rules.keeper import RuleKeeper
 from edgeproxy.rules.render import render_rules
+from edgeproxy.tools import namespace_runner
 from tests.rules import states
-from tests.rules.node import install_kube_proxy
 
 pytestmark = pytest.mark.skipif(shutil.which("conntrack") is None, reason="conntrack missing")
 
@@ -30,7 +30,7 @@ def test_flush_of_nothing_is_not_an_error(netns):
 
 
 def test_udp_flow_existing_before_capture_is_redirected_after_it(netns):
-    install_kube_proxy(netns, "nft")  # conntrack is active in the namespace from here on
+    StandInKubeProxy(netns, "nft").install()  # conntrack is active in the namespace from here on
     netns.run(["ip", "addr", "add", "169.254.96.17/32", "dev", "lo"])
     netns.run(["ip", "route", "add", "198.19.0.0/16", "dev", "lo"])
     ports = states.example_ports()

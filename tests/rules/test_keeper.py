@@ -4,17 +4,20 @@ flushing when capture starts/changes, cleanup on stop."""
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import gevent
 import pytest
 
+from edgeproxy.demo.kube_proxy import StandInKubeProxy
 from edgeproxy.rules.backends import make_backend
-from edgeproxy.tools import namespace_runner
 from edgeproxy.rules.backends.base import CleanupReport
+from edgeproxy.rules.backends.check import CheckCounts
 from edgeproxy.rules.keeper import RuleKeeper
 from edgeproxy.rules.render import render_rules
+from edgeproxy.tools import namespace_runner
 from tests.rules import states
-from tests.rules.node import dump, install_kube_proxy, ipt, ours_before_kube, targets
+from tests.rules.node import dump, ipt, ours_before_kube, targets
 
 
 def _rs(ports=None, pp=None):
@@ -28,6 +31,7 @@ class FakeBackend:
     name = "fake"
 
     def __init__(self) -> None:
+        self.check = SimpleNamespace(counts=CheckCounts())
         self.applied = []
         self.previous = []
         self.broken = False
@@ -120,7 +124,7 @@ def test_kube_proxy_jump_at_rule_one_repaired_within_period_plus_one_second(netn
     keeper.update(_rs())
     keeper.start()
     try:
-        install_kube_proxy(netns, flavor, at_top=True)
+        StandInKubeProxy(netns, flavor).install()
         started = time.monotonic()
         # The counter is bumped when the keeper's restore has returned, a moment after the
         # tables changed, so wait for both.
@@ -218,7 +222,7 @@ def test_damage_with_jumps_intact_repaired_within_period_plus_one_second(netns, 
                                                                           kind):
     period = 0.3
     if backend_name != "nftables":
-        install_kube_proxy(netns, backend_name)
+        StandInKubeProxy(netns, backend_name).install()
     backend = make_backend(backend_name, namespace_runner(netns.name, cooperative=True))
     keeper = RuleKeeper(backend, check_period=period, flush=lambda t: 0)
     rs = _rs(states.full_ports())

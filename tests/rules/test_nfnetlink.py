@@ -1,5 +1,6 @@
 """nfnetlink reads inside a private namespace: the generation id moves with every write and
-only then; the raw-rule digest moves with any rule change and not with a mere re-read."""
+only then; a chain's raw-rule digest moves with any rule change in it and not with a mere
+re-read or a packet counter."""
 
 from __future__ import annotations
 
@@ -29,20 +30,18 @@ def test_generation_moves_with_writes_only(netns):
     assert nfnetlink.generation(netns.name) != second
 
 
-def _digest(netns, chains=None, family=4):
-    return nfnetlink.rule_digest(family, "edgeproxy", chains, netns=netns.name)
+def _digests(netns, chains, table="edgeproxy", family=4):
+    return nfnetlink.chain_digests(family, table, chains, netns=netns.name)
 
 
-def test_rule_digest_sees_every_rule_change(netns):
+def test_chain_digests_see_every_rule_change(netns):
     netns.run(["nft", "-f", "-"], input=TABLE)
     chains = ["KUBE-PORTALS-HOST", "other"]
-    digest = _digest(netns, chains)
-    assert digest and digest == _digest(netns, chains)
-    assert _digest(netns) not in (None, digest)  # the table in one dump: hashed differently
-    assert _digest(netns, ["KUBE-PORTALS-HOST", "gone"]) not in (None, digest)
-    assert _digest(netns, chains, family=6) not in (None, digest)  # no ip6 table
+    digests = _digests(netns, chains)
+    assert digests and digests == _digests(netns, chains)  # a re-read changes nothing
+    assert _digests(netns, chains, family=6) == {c: "absent" for c in chains}  # no ip6 table
     # A missing chain is told apart from an empty one (a rule dump alone cannot).
-    per_chain = nfnetlink.chain_digests(4, "edgeproxy", ["other", "gone"], netns=netns.name)
+    per_chain = _digests(netns, ["other", "gone"])
     assert per_chain is not None and per_chain["gone"] == "absent"
     assert per_chain["other"] not in ("absent", None)
     handle = netns.run(["nft", "-a", "list", "chain", "ip", "edgeproxy", "KUBE-PORTALS-HOST"]
@@ -50,33 +49,36 @@ def test_rule_digest_sees_every_rule_change(netns):
     netns.run(["nft", "replace", "rule", "ip", "edgeproxy", "KUBE-PORTALS-HOST", "handle",
                handle, "ip", "daddr", "198.19.0.10", "tcp", "dport", "80", "dnat", "to",
                "169.254.96.17:61009", "comment", '"default/web"'])
-    replaced = _digest(netns, chains)
-    assert replaced not in (None, digest)
+    replaced = _digests(netns, chains)
+    assert replaced["KUBE-PORTALS-HOST"] != digests["KUBE-PORTALS-HOST"]
+    assert replaced["other"] == digests["other"]
     netns.run(["nft", "flush", "chain", "ip", "edgeproxy", "KUBE-PORTALS-HOST"])
-    assert _digest(netns, chains) not in (None, replaced)
+    assert _digests(netns, chains)["KUBE-PORTALS-HOST"] not in (
+        None, "absent", replaced["KUBE-PORTALS-HOST"])
 
 
-def test_rule_digest_ignores_counters_of_iptables_nft_rules(netns):
+def test_chain_digests_ignore_counters_of_iptables_nft_rules(netns):
     def ipt(*args):
         netns.run(["iptables-nft", "-w", "5", "-t", "nat", *args])
 
+    chains = ["OUTPUT", "KUBE-PORTALS-HOST"]
     ipt("-N", "KUBE-PORTALS-HOST")
     ipt("-A", "KUBE-PORTALS-HOST", "-d", "198.19.0.10/32", "-p", "tcp", "-m", "tcp",
         "--dport", "80", "-j", "DNAT", "--to-destination", "198.18.1.11:8080")
     ipt("-A", "OUTPUT", "-j", "KUBE-PORTALS-HOST")
-    digest = nfnetlink.rule_digest(4, "nat", ["OUTPUT", "KUBE-PORTALS-HOST"], netns=netns.name)
+    digests = _digests(netns, chains, table="nat")
     netns.run(["ip", "route", "add", "198.19.0.0/16", "dev", "lo"])
     netns.run(["curl", "-s", "--max-time", "0.5", "http://198.19.0.10/"], check=False)
     counted = netns.run(["iptables-nft", "-t", "nat", "-L", "OUTPUT", "-v", "-n", "-x"]).stdout
     assert any(line.split()[0] not in ("0", "pkts") for line in counted.splitlines()[2:])
-    assert nfnetlink.rule_digest(4, "nat", ["OUTPUT", "KUBE-PORTALS-HOST"],
-                                 netns=netns.name) == digest
+    assert _digests(netns, chains, table="nat") == digests
     ipt("-R", "KUBE-PORTALS-HOST", "1", "-d", "198.19.0.10/32", "-p", "tcp", "-m", "tcp",
         "--dport", "80", "-j", "DNAT", "--to-destination", "198.18.1.12:8080")
-    assert nfnetlink.rule_digest(4, "nat", ["OUTPUT", "KUBE-PORTALS-HOST"],
-                                 netns=netns.name) not in (None, digest)
+    assert _digests(netns, chains, table="nat")["KUBE-PORTALS-HOST"] != \
+        digests["KUBE-PORTALS-HOST"]
 
 
 def test_unreadable_namespace_gives_none_not_an_error():
     assert nfnetlink.generation("edgeproxy-no-such-namespace") is None
-    assert nfnetlink.rule_digest(4, "edgeproxy", netns="edgeproxy-no-such-namespace") is None
+    assert nfnetlink.chain_digests(4, "edgeproxy", ["x"],
+                                   netns="edgeproxy-no-such-namespace") is None

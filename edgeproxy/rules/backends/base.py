@@ -9,21 +9,12 @@ gevent hub (a cooperative `LocalRunner`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, TypeVar
+from typing import Protocol
 
 from edgeproxy.tools import LocalRunner, Runner
 
 from ..render import RuleSet
-
-T = TypeVar("T")
-
-def off_hub(runner: Runner, func: Callable[..., T], *args: object) -> T:
-    """``func(*args)``, in gevent's thread pool when the backend's runner is cooperative (see
-    `LocalRunner.off_hub`); directly for any other runner (a test's fake)."""
-    if isinstance(runner, LocalRunner):
-        return runner.off_hub(func, *args)
-    return func(*args)
-
+from .check import CheckReport
 
 def netlink_target(runner: Runner) -> tuple[bool, str | None]:
     """(usable, namespace) for in-process netlink reads in the runner's namespace: only a
@@ -51,17 +42,9 @@ class CleanupReport:
         self.errors += other.errors
 
 
-def only_our_writes(before: int | None, after: int | None, writes: int) -> bool:
-    """True when the nf_tables generation went from ``before`` to ``after`` by exactly our
-    ``writes`` transactions (each bumps it by one; it is a 32-bit counter): nobody else
-    wrote in between, so the kernel holds exactly what we wrote."""
-    if before is None or after is None:
-        return False
-    return after == (before + writes) & 0xFFFFFFFF
-
-
 class Backend(Protocol):
     name: str
+    check: CheckReport  # how the periodic checks were answered (check.py)
 
     def apply(self, ruleset: RuleSet, previous: RuleSet | None = None) -> None:
         """Write ``ruleset``; ``previous`` is what this backend last wrote successfully

@@ -18,15 +18,31 @@ before the tables: a write during the check makes the next one look again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Generic, Hashable, TypeVar
+from typing import Callable, Generic, Hashable, Protocol, TypeVar
 
-from edgeproxy.tools import Runner
+from edgeproxy.tools import LocalRunner, Runner
 
 from ..render import RuleSet
-from .base import off_hub, only_our_writes
 
 K = TypeVar("K", bound=Hashable)
-Digests = dict  # key (chain, table or family/chain, as the backend chooses) -> digest
+T = TypeVar("T")
+
+
+def off_hub(runner: Runner, func: Callable[..., T], *args: object) -> T:
+    """``func(*args)``, in gevent's thread pool when the backend's runner is cooperative (see
+    `LocalRunner.off_hub`); directly for any other runner (a test's fake)."""
+    if isinstance(runner, LocalRunner):
+        return runner.off_hub(func, *args)
+    return func(*args)
+
+
+def only_our_writes(before: int | None, after: int | None, writes: int) -> bool:
+    """True when the nf_tables generation went from ``before`` to ``after`` by exactly our
+    ``writes`` transactions (each bumps it by one; it is a 32-bit counter): nobody else
+    wrote in between, so the kernel holds exactly what we wrote."""
+    if before is None or after is None:
+        return False
+    return after == (before + writes) & 0xFFFFFFFF
 
 
 @dataclass
@@ -36,6 +52,12 @@ class CheckCounts:
     generation: int = 0  # the unchanged nf_tables generation alone
     digests: int = 0  # raw-rule digests (and, where some changed, a targeted repair)
     full: int = 0  # the tables were read and compared
+
+
+class CheckReport(Protocol):
+    """What the keeper, metrics and status read of a backend's check."""
+
+    counts: CheckCounts
 
 
 class StagedCheck(Generic[K]):

@@ -1,9 +1,9 @@
 """`edgeproxy demo`: the main job shown end to end on a throw-away edge node in namespaces.
 
-Builds the testbed (pod, node and backend namespaces, see `edgeproxy.testbed`), installs a
-stand-in kube-proxy, runs the real `edgeproxy run` on a copy of the shipped example manifests and walks
-through what a user cares about, printing plain words plus the real `iptables -t nat -nvL`,
-curl and dig output:
+Builds the edge node (pod, node and backend namespaces, see `topology`), installs the
+stand-in kube-proxy, runs the real `edgeproxy run` on a copy of the shipped example manifests and
+walks through what a user cares about, printing plain words plus the real
+`iptables -t nat -nvL`, curl and dig output:
 
 1. traffic to the cluster IPs from a pod (nat PREROUTING) and from the node itself (OUTPUT);
 2. the labelled service left to kube-proxy;
@@ -29,8 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from edgeproxy import testbed as tb
-from edgeproxy.netns import delete_all_live, netns_unavailable_reason
+from edgeproxy.demo.clients import echo_line, http_get, wait_until
+from edgeproxy.demo.daemon import (Daemon, DaemonError, copy_examples, edgeproxy_argv,
+                                   kernel_has_dummy, make_workdir)
+from edgeproxy.demo.kube_proxy import Iptables, StandInKubeProxy
+from edgeproxy.demo.netns import delete_all_live, netns_unavailable_reason
+from edgeproxy.demo.topology import (DNS_BACKEND, DNS_RECORD, DNS_VIP, ECHO_VIP, METRICS_PORT,
+                                     METRICS_VIP, POD_ADDR, WEB_BACKENDS, WEB_PORT, WEB_VIP,
+                                     Topology, TopologyError)
 
 NEW_SERVICE_FILE = "api.yaml"
 API_VIP = "198.19.0.40"
@@ -55,7 +61,7 @@ metadata:
   namespace: default
 subsets:
   - addresses:
-      - ip: {tb.WEB_BACKENDS["web-3"]}
+      - ip: {WEB_BACKENDS["web-3"]}
     ports:
       - port: 8080
         protocol: TCP
@@ -64,8 +70,8 @@ subsets:
 # comes first this rule is never reached; when kube-proxy jumps ahead, web breaks.
 STALE_WEB_POD = "198.18.1.99"
 KUBE_PROXY_SERVICES = [
-    (tb.METRICS_VIP, tb.METRICS_PORT, tb.WEB_BACKENDS["web-1"], tb.METRICS_PORT),
-    (tb.WEB_VIP, 80, STALE_WEB_POD, tb.WEB_PORT),
+    (METRICS_VIP, METRICS_PORT, WEB_BACKENDS["web-1"], METRICS_PORT),
+    (WEB_VIP, 80, STALE_WEB_POD, WEB_PORT),
 ]
 REPAIR_WAIT = 10.0  # seconds; the daemon checks the chain order every --iptables-sync-period
 
@@ -116,8 +122,10 @@ class Demo:
         self.keep = keep
         self.p = printer or Printer()
         self.daemon_args = list(daemon_args)
-        self.topo: tb.Topology | None = None
-        self.daemon: tb.Daemon | None = None
+        self.topo: Topology | None = None
+        self.kube_proxy: StandInKubeProxy | None = None
+        self.iptables: Iptables | None = None  # the node's, as a user would run it
+        self.daemon: Daemon | None = None
         self.workdir: Path | None = None
         self.failures: list[str] = []
 
@@ -142,6 +150,19 @@ class Demo:
 
     def _curl(self, ns, label: str, url: str, *extra: str) -> str:
         return self._ns_cmd(ns, ["curl", "-sS", "--max-time", "3", *extra, url], label).strip()
+
+    def _iptables(self) -> Iptables:
+        assert self.iptables is not None
+        return self.iptables
+
+    def _show_nat(self, *chains: str, note: str = "") -> None:
+        """Print `iptables -t nat -nvL CHAIN` of the node for each chain, as a user runs it."""
+        for chain in chains:
+            self.p.command(f"ip netns exec node iptables -t nat -nvL {chain}{note}",
+                           self._iptables().listing(chain))
+
+    def _nat_targets(self, chain: str) -> list[str]:
+        return self._iptables().targets(chain)
 
     # -- the walkthrough
 
@@ -192,38 +213,39 @@ class Demo:
 
     def _setup(self) -> None:
         self.p.step("A throw-away edge node in private network namespaces")
-        self.topo = tb.Topology("epdemo")
+        self.topo = Topology("epdemo")
         try:
             self.topo.start()
-        except (tb.TestbedError, RuntimeError) as exc:
+        except (TopologyError, RuntimeError) as exc:
             raise DemoFailure(f"could not build the namespaces: {exc}") from None
         t = self.topo
         self.p.say(f"node     {t.node.name}: runs edgeproxy; no default route (offline node)")
-        self.p.say(f"pod      {t.pod.name}: a client, {tb.POD_ADDR}, routed via the node")
-        self.p.say(f"backends {t.backends.name}: web-1/2/3 {', '.join(tb.WEB_BACKENDS.values())}"
+        self.p.say(f"pod      {t.pod.name}: a client, {POD_ADDR}, routed via the node")
+        self.p.say(f"backends {t.backends.name}: web-1/2/3 {', '.join(WEB_BACKENDS.values())}"
                    f" :8080 (answer with their name), echo :7000, metrics :9100, "
-                   f"dnsmasq {tb.DNS_BACKEND}:5353")
-        tb.install_kube_proxy(t.node, KUBE_PROXY_SERVICES)
+                   f"dnsmasq {DNS_BACKEND}:5353")
+        self.iptables = Iptables(t.node)
+        self.kube_proxy = StandInKubeProxy(t.node).install(KUBE_PROXY_SERVICES)
         self.p.say("stand-in kube-proxy: KUBE-SERVICES jumped to from PREROUTING and OUTPUT,")
-        self.p.say(f"  serving the labelled {tb.METRICS_VIP}:9100, and a stale rule sending "
-                   f"web ({tb.WEB_VIP}:80) to a pod that is gone ({STALE_WEB_POD}).")
+        self.p.say(f"  serving the labelled {METRICS_VIP}:9100, and a stale rule sending "
+                   f"web ({WEB_VIP}:80) to a pod that is gone ({STALE_WEB_POD}).")
 
     def _start_daemon(self) -> None:
         assert self.topo is not None
         self.p.step("Start `edgeproxy run` on a copy of " + str(self.manifests))
-        self.workdir = tb.make_workdir("edgeproxy-demo-")
-        manifests = tb.copy_examples(self.manifests, self.workdir / "manifests")
-        self.daemon = tb.Daemon(self.topo.node, manifests, self.workdir,
+        self.workdir = make_workdir("edgeproxy-demo-")
+        manifests = copy_examples(self.manifests, self.workdir / "manifests")
+        self.daemon = Daemon(self.topo.node, manifests, self.workdir,
                                 extra_args=self.daemon_args)
         self.p.say("$ ip netns exec node " + " ".join(
-            ["edgeproxy", *self.daemon.command()[len(tb.edgeproxy_argv()):]]))
+            ["edgeproxy", *self.daemon.command()[len(edgeproxy_argv()):]]))
         self.daemon.start()
-        if not tb.kernel_has_dummy(self.topo.node):
+        if not kernel_has_dummy(self.topo.node):
             self.p.say("note: this kernel has no dummy interface module; the demo pre-created "
                        "edgeproxy0 as an empty bridge")
         try:
             took = self.daemon.wait_ready(timeout=30)
-        except tb.DaemonError as exc:
+        except DaemonError as exc:
             raise DemoFailure(str(exc)) from None
         self.p.ok(f"/readyz answered 200 after {took:.2f} s "
                   f"({len(list(manifests.iterdir()))} manifest files)")
@@ -233,12 +255,7 @@ class Demo:
         self.p.step("The rules edgeproxy installed (nat table of the node)")
         self.p.say("edgeproxy's jumps come first, ahead of kube-proxy's KUBE-SERVICES; each service")
         self.p.say("port is DNATed to edgeproxy's listener on 169.254.96.17 (its edgeproxy0 interface).")
-        self.p.command("ip netns exec node iptables -t nat -nvL PREROUTING",
-                       tb.nat_listing(self.topo.node, "PREROUTING"))
-        self.p.command("ip netns exec node iptables -t nat -nvL OUTPUT",
-                       tb.nat_listing(self.topo.node, "OUTPUT"))
-        self.p.command("ip netns exec node iptables -t nat -nvL KUBE-PORTALS-CONTAINER",
-                       tb.nat_listing(self.topo.node, "KUBE-PORTALS-CONTAINER"))
+        self._show_nat("PREROUTING", "OUTPUT", "KUBE-PORTALS-CONTAINER")
 
     def _pod_traffic(self) -> None:
         assert self.topo is not None
@@ -246,31 +263,31 @@ class Demo:
         self.p.step("From a pod: cluster IPs answered through edgeproxy (nat PREROUTING)")
         seen = set()
         for user in ("alice", "bob", "carol", "dave"):
-            body = self._curl(pod, "pod", f"http://{tb.WEB_VIP}/", "-H", f"X-User: {user}")
+            body = self._curl(pod, "pod", f"http://{WEB_VIP}/", "-H", f"X-User: {user}")
             seen.add(body)
         if not seen <= {"web-1", "web-2"} or not seen:
             raise DemoFailure(f"web answered {sorted(seen)}, expected web-1/web-2")
-        again = {self._curl(pod, "pod", f"http://{tb.WEB_VIP}/", "-H", "X-User: alice")
+        again = {self._curl(pod, "pod", f"http://{WEB_VIP}/", "-H", "X-User: alice")
                  for _ in range(3)}
-        self.p.ok(f"web {tb.WEB_VIP}:80 answered by {', '.join(sorted(seen))}; the same X-User "
+        self.p.ok(f"web {WEB_VIP}:80 answered by {', '.join(sorted(seen))}; the same X-User "
                   f"always lands on the same backend ({', '.join(sorted(again))}: the "
                   "DestinationRule's consistent hash)")
         if len(again) != 1:
             raise DemoFailure(f"X-User: alice went to {sorted(again)}")
-        echoes = {tb.echo_line(pod, tb.ECHO_VIP, 7, f"hello {i}").split(":")[0]
+        echoes = {echo_line(pod, ECHO_VIP, 7, f"hello {i}").split(":")[0]
                   for i in range(4)}
-        self.p.say(f"echo {tb.ECHO_VIP}:7 (sessionAffinity: ClientIP): 4 connections all went to "
+        self.p.say(f"echo {ECHO_VIP}:7 (sessionAffinity: ClientIP): 4 connections all went to "
                    f"{', '.join(sorted(echoes))}")
         if len(echoes) != 1:
             raise DemoFailure(f"ClientIP affinity broken: {sorted(echoes)}")
-        name, addr = tb.DNS_RECORD
-        udp = self._ns_cmd(pod, ["dig", "+short", "+time=2", "+tries=1", f"@{tb.DNS_VIP}", name],
+        name, addr = DNS_RECORD
+        udp = self._ns_cmd(pod, ["dig", "+short", "+time=2", "+tries=1", f"@{DNS_VIP}", name],
                            "pod").strip()
         tcp = self._ns_cmd(pod, ["dig", "+short", "+tcp", "+time=2", "+tries=1",
-                                 f"@{tb.DNS_VIP}", name], "pod").strip()
+                                 f"@{DNS_VIP}", name], "pod").strip()
         if udp != addr or tcp != addr:
-            raise DemoFailure(f"DNS via {tb.DNS_VIP} answered {udp!r} (udp) / {tcp!r} (tcp)")
-        self.p.ok(f"DNS {tb.DNS_VIP}:53 over UDP and TCP reached dnsmasq on {tb.DNS_BACKEND}:5353")
+            raise DemoFailure(f"DNS via {DNS_VIP} answered {udp!r} (udp) / {tcp!r} (tcp)")
+        self.p.ok(f"DNS {DNS_VIP}:53 over UDP and TCP reached dnsmasq on {DNS_BACKEND}:5353")
 
     def _node_traffic(self) -> None:
         assert self.topo is not None
@@ -278,12 +295,12 @@ class Demo:
         self.p.step("From the node itself (host network, nat OUTPUT)")
         self.p.say("The node has no default route: edgeproxy routes the cluster IPs it captures")
         self.p.say("on edgeproxy0 only because `ip route get` found no route for them.")
-        self._ns_cmd(node, ["ip", "route", "get", tb.WEB_VIP], "node")
-        body = self._curl(node, "node", f"http://{tb.WEB_VIP}/")
+        self._ns_cmd(node, ["ip", "route", "get", WEB_VIP], "node")
+        body = self._curl(node, "node", f"http://{WEB_VIP}/")
         if body not in ("web-1", "web-2"):
             raise DemoFailure(f"web from the node answered {body!r}")
-        name, addr = tb.DNS_RECORD
-        udp = self._ns_cmd(node, ["dig", "+short", "+time=2", "+tries=1", f"@{tb.DNS_VIP}", name],
+        name, addr = DNS_RECORD
+        udp = self._ns_cmd(node, ["dig", "+short", "+time=2", "+tries=1", f"@{DNS_VIP}", name],
                            "node").strip()
         if udp != addr:
             raise DemoFailure(f"DNS from the node answered {udp!r}")
@@ -293,15 +310,14 @@ class Demo:
         assert self.topo is not None and self.daemon is not None
         self.p.step("The labelled service is left to kube-proxy")
         self.p.say(f"monitoring/node-metrics carries service.edgemesh.kubeedge.io/service-proxy-name:"
-                   f" edgeproxy skips it, so {tb.METRICS_VIP}:9100 falls through to KUBE-SERVICES.")
-        body = self._curl(self.topo.pod, "pod", f"http://{tb.METRICS_VIP}:9100/")
+                   f" edgeproxy skips it, so {METRICS_VIP}:9100 falls through to KUBE-SERVICES.")
+        body = self._curl(self.topo.pod, "pod", f"http://{METRICS_VIP}:9100/")
         if "node_up 1" not in body:
-            raise DemoFailure(f"{tb.METRICS_VIP}:9100 answered {body!r}")
-        self.p.command("ip netns exec node iptables -t nat -nvL KUBE-SERVICES",
-                       tb.nat_listing(self.topo.node, "KUBE-SERVICES"))
-        portals = tb.nat_save(self.topo.node)
-        if any(tb.METRICS_VIP in line and "KUBE-PORTALS" in line for line in portals.splitlines()):
-            raise DemoFailure(f"edgeproxy has a rule for {tb.METRICS_VIP}")
+            raise DemoFailure(f"{METRICS_VIP}:9100 answered {body!r}")
+        self._show_nat("KUBE-SERVICES")
+        portals = self._iptables().save("nat")
+        if any(METRICS_VIP in line and "KUBE-PORTALS" in line for line in portals.splitlines()):
+            raise DemoFailure(f"edgeproxy has a rule for {METRICS_VIP}")
         self.p.ok("answered by kube-proxy's DNAT; edgeproxy has no rule for it")
 
     def _hot_reload(self) -> None:
@@ -315,41 +331,38 @@ class Demo:
         tmp.write_text(API_MANIFEST)
         os.chmod(tmp, 0o644)
         os.rename(tmp, target)
-        took = tb.wait_until(lambda: tb.http_get(self.topo.pod, API_VIP, timeout=0.5)
-                             .strip() == "web-3", timeout=10, interval=0.01)
+        took = wait_until(lambda: http_get(self.topo.pod, API_VIP, timeout=0.5)
+                          .strip() == "web-3", timeout=10, interval=0.01)
         if took is None:
             raise DemoFailure(f"{API_VIP}:80 did not answer within 10 s of the file appearing")
         took = time.monotonic() - started
         self._curl(self.topo.pod, "pod", f"http://{API_VIP}/")
         self.p.ok(f"new service answering {took * 1000:.0f} ms after the file was written "
                   "(no restart, other services untouched)")
-        self.p.command("ip netns exec node iptables -t nat -nvL KUBE-PORTALS-CONTAINER",
-                       tb.nat_listing(self.topo.node, "KUBE-PORTALS-CONTAINER"))
+        self._show_nat("KUBE-PORTALS-CONTAINER")
 
     def _chain_repair(self) -> None:
-        assert self.topo is not None
-        node, pod = self.topo.node, self.topo.pod
+        assert self.topo is not None and self.kube_proxy is not None
         self.p.step("kube-proxy jumps ahead; edgeproxy repairs the order")
         self.p.say("kube-proxy restarts after a flush and re-inserts its jump at position 1.")
         self.p.say("Now its stale rule for web would win: web goes to the gone pod.")
-        tb.kube_proxy_jumps_ahead(node)
-        before = tb.nat_listing(node, "PREROUTING")
-        self.p.command("ip netns exec node iptables -t nat -nvL PREROUTING   # before", before)
+        self.kube_proxy.jump_ahead()
+        self._show_nat("PREROUTING", note="   # before")
         started = time.monotonic()
-        took = tb.wait_until(
-            lambda: tb.nat_chain_targets(node, "PREROUTING")[0] != "KUBE-SERVICES"
-            and tb.nat_chain_targets(node, "OUTPUT")[0] != "KUBE-SERVICES",
+        took = wait_until(
+            lambda: self._nat_targets("PREROUTING")[0] != "KUBE-SERVICES"
+            and self._nat_targets("OUTPUT")[0] != "KUBE-SERVICES",
             timeout=REPAIR_WAIT, interval=0.05)
         if took is None:
             raise DemoFailure(f"KUBE-SERVICES still first after {REPAIR_WAIT:.0f} s")
-        self.p.command("ip netns exec node iptables -t nat -nvL PREROUTING   # after",
-                       tb.nat_listing(node, "PREROUTING"))
-        order = tb.nat_chain_targets(node, "PREROUTING")
+        self._show_nat("PREROUTING", note="   # after")
+        order = self._nat_targets("PREROUTING")
         if order.index("KUBE-SERVICES") < min(
                 (i for i, t in enumerate(order) if t.startswith("KUBE-PORTALS")), default=99):
             raise DemoFailure(f"PREROUTING order after repair: {order}")
-        back = tb.wait_until(lambda: tb.http_get(pod, tb.WEB_VIP, timeout=0.5).strip()
-                             in ("web-1", "web-2"), timeout=5)
+        pod = self.topo.pod
+        back = wait_until(lambda: http_get(pod, WEB_VIP, timeout=0.5).strip()
+                          in ("web-1", "web-2"), timeout=5)
         if back is None:
             raise DemoFailure("web did not answer after the repair")
         self.p.ok(f"edgeproxy's jump is in front again {time.monotonic() - started:.2f} s later "
@@ -358,12 +371,12 @@ class Demo:
     def _status(self) -> None:
         assert self.topo is not None
         self.p.step("What the daemon reports: `edgeproxy status`")
-        self._ns_cmd(self.topo.node, [*tb.edgeproxy_argv(), "status"], "node")
+        self._ns_cmd(self.topo.node, [*edgeproxy_argv(), "status"], "node")
 
     def _keep_running(self) -> None:
         assert self.topo is not None
         self.p.step("Left running (--keep); press Ctrl-C to clean up")
-        self.p.say(f"try: ip netns exec {self.topo.pod.name} curl http://{tb.WEB_VIP}/")
+        self.p.say(f"try: ip netns exec {self.topo.pod.name} curl http://{WEB_VIP}/")
         self.p.say(f"     ip netns exec {self.topo.node.name} edgeproxy status")
         self.p.say(f"     manifests: {self.daemon.manifests if self.daemon else '?'}")
         with contextlib.suppress(KeyboardInterrupt):
@@ -374,9 +387,8 @@ class Demo:
         assert self.topo is not None and self.daemon is not None
         self.p.step("SIGTERM: edgeproxy hands the traffic back and exits")
         rc = self.daemon.stop(timeout=40)
-        order = tb.nat_chain_targets(self.topo.node, "PREROUTING")
-        self.p.command("ip netns exec node iptables -t nat -nvL PREROUTING",
-                       tb.nat_listing(self.topo.node, "PREROUTING"))
+        order = self._nat_targets("PREROUTING")
+        self._show_nat("PREROUTING")
         if rc != 0:
             raise DemoFailure(f"edgeproxy exited {rc} on SIGTERM; log:\n{self.daemon.log_tail()}")
         leftovers = [t for t in order if t.startswith("KUBE-PORTALS")]
