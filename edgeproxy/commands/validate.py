@@ -24,6 +24,9 @@ def register(subparsers) -> None:
     p.add_argument("--service-filter-mode", choices=FILTER_MODES, default=FILTER_MODES[0],
                    help="EdgeMesh label mode for service.edgemesh.kubeedge.io/service-proxy-name "
                         "(default FilterIfLabelExists: labelled services are skipped)")
+    p.add_argument("--service-cidr", default="", metavar="CIDR[,CIDR]",
+                   help="give Services without a clusterIP an address from this range, as "
+                        "`edgeproxy run --service-cidr` does (shown as allocated)")
     p.set_defaults(func=run)
 
 
@@ -36,9 +39,18 @@ def run(args: argparse.Namespace) -> int:
     from edgeproxy.model import FilterMode
     from edgeproxy.state import build_state
 
+    from edgeproxy.state.allocation import CIDRError, ServiceCIDRs, assign
+
+    try:
+        cidrs = ServiceCIDRs.parse(args.service_cidr)
+    except CIDRError as exc:
+        print(f"edgeproxy validate: --service-cidr: {exc}", file=sys.stderr)
+        return 2
     objects, errors = load_objects([Path(p) for p in args.paths])
-    state = build_state(objects, FilterMode(args.service_filter_mode), errors)
-    report = build_report(objects, state)
+    mode = FilterMode(args.service_filter_mode)
+    objects, allocation = assign(objects, cidrs, mode)
+    state = build_state(objects, mode, errors)
+    report = build_report(objects, state, allocation)
     if args.output == "json":
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -47,8 +59,11 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report["valid"] else 1
 
 
-def build_report(objects, state) -> dict:
-    """The `-o json` object (see docs/manifests.md for the shape)."""
+def build_report(objects, state, allocation=None) -> dict:
+    """The `-o json` object (see docs/manifests.md for the shape). ``allocation``: the
+    cluster IPs `--service-cidr` gave (state/allocation.py)."""
+    allocated = allocation.addresses if allocation is not None else {}
+    unallocated = allocation.unallocated if allocation is not None else {}
     from edgeproxy.state.filtering import service_vips
 
     bodies = {(o.source.file, o.source.document): o.body for o in objects if o.kind == "Service"}
@@ -88,6 +103,9 @@ def build_report(objects, state) -> dict:
             "verdict": verdict.verdict.value,
             "reason": verdict.reason.value if verdict.reason else None,
             "ports": ports,
+            "allocatedClusterIPs": list(allocated.get((verdict.namespace, verdict.name), ())),
+            **({"unallocated": unallocated[(verdict.namespace, verdict.name)]}
+               if (verdict.namespace, verdict.name) in unallocated else {}),
         })
     return {
         "valid": not state.errors,
@@ -106,9 +124,12 @@ def render_text(report: dict, state) -> str:
     for svc in report["services"]:
         head = f"{svc['namespace']}/{svc['name']} ({svc['file']}#{svc['document']})"
         if svc["verdict"] == "skip":
-            lines.append(f"skip   {head}: {svc['reason']}")
+            why = f" ({svc['unallocated']})" if svc.get("unallocated") else ""
+            lines.append(f"skip   {head}: {svc['reason']}{why}")
             continue
-        lines.append(f"proxy  {head}")
+        allocated = svc.get("allocatedClusterIPs") or []
+        lines.append(f"proxy  {head}" + (f" clusterIP {', '.join(allocated)} (allocated)"
+                                         if allocated else ""))
         for p in svc["ports"]:
             label = f"{p['name'] or '-'} {p['port']}/{p['protocol']}"
             if not p["proxied"]:
