@@ -176,7 +176,7 @@ def main() -> int:
     ok &= ratio >= 0.5
     print(f"target edgeproxy >= 0.5x dnsmasq on cluster names: {ratio:.2f}x {verdict}")
     lost = reload_result.get("lost", -1)
-    print(f"reload of {args.services} services (files rewritten in {rewrite:.1f} s) under "
+    print(f"reload of {args.services} services (files rewritten in {rewrite * 1000:.0f} ms) under "
           f"{args.reload_rate} queries/s for 20 s: {reload_result.get('completed', 0)} answered, "
           f"{lost} lost {'PASS' if lost == 0 else 'FAIL'}")
     ok &= lost == 0
