@@ -146,7 +146,7 @@ def test_exec_start_runs_as_written_until_ready_then_stops_on_sigterm(unit, netn
     config = tmp_path / "edgeproxy.yaml"
     config.write_text(f"manifests: {manifests}\nstateDir: {tmp_path / 'state'}\n"
                       "healthzBindAddress: 127.0.0.1:10266\n"
-                      "metricsBindAddress: 127.0.0.1:10259\n")
+                      "metricsBindAddress: 127.0.0.1:10267\n")
     index = _config_path_arg(argv)
     if index is not None:
         argv[index] = str(config)

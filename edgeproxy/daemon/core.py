@@ -31,8 +31,8 @@ from edgeproxy.daemon import guard, sdnotify
 from edgeproxy.daemon.config import DaemonConfig
 from edgeproxy.daemon.logs import log_event
 from edgeproxy.daemon.runner import BoundedFrequencyRunner
-from edgeproxy.daemon.views import (ComputedView, DaemonCounters, KeeperView, ProxyView,
-                                    WatcherView)
+from edgeproxy.daemon.views import (ComputedView, ComputerView, DaemonCounters, KeeperView,
+                                    ProxyView, WatcherView)
 from edgeproxy.model import DesiredState, FilterMode, ListenAddresses, ServicePort, ServicePortKey
 from edgeproxy.rules.render import RuleSet
 
@@ -51,7 +51,7 @@ class Computation(ComputedView, Protocol):
     file_count: int
 
 
-class Computer(Protocol):
+class Computer(ComputerView, Protocol):
     filter_mode: FilterMode
 
     def compute(self, changed: set[Path] | None,

@@ -23,7 +23,7 @@ from edgeproxy.demo.clients import http_request
 from edgeproxy.demo.netns import NetNS
 
 HEALTHZ = "127.0.0.1:10266"
-METRICS = "127.0.0.1:10259"
+METRICS = "127.0.0.1:10267"
 
 
 class DaemonError(RuntimeError):
