@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgeproxy.model import FILTER_MODES
+from edgeproxy.commands._settings import add_config_options, add_output_option
 
 
 def register(subparsers) -> None:
@@ -19,11 +19,8 @@ def register(subparsers) -> None:
                     "files or directories, report every error (file, document, field) and the "
                     "verdict for every Service. Exit 0 when all documents are valid, 1 otherwise.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="manifest file or directory")
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text",
-                   help="text for people (default) or one JSON object")
-    p.add_argument("--service-filter-mode", choices=FILTER_MODES, default=FILTER_MODES[0],
-                   help="EdgeMesh label mode for service.edgemesh.kubeedge.io/service-proxy-name "
-                        "(default FilterIfLabelExists: labelled services are skipped)")
+    add_output_option(p)
+    add_config_options(p, ["service_filter_mode", "trusted_manifest_roots"])
     p.set_defaults(func=run)
 
 
@@ -32,16 +29,18 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    from edgeproxy.commands._settings import dump, resolve
     from edgeproxy.manifests import load_objects
     from edgeproxy.model import FilterMode
     from edgeproxy.state import build_state
 
-    objects, errors = load_objects([Path(p) for p in args.paths])
-    state = build_state(objects, FilterMode(args.service_filter_mode), errors)
+    settings = resolve(args, "validate")
+    objects, errors = load_objects([Path(p) for p in args.paths],
+                                   trusted_roots=settings["trusted_manifest_roots"])
+    state = build_state(objects, FilterMode(settings["service_filter_mode"]), errors)
     report = build_report(objects, state)
-    if args.output == "json":
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+    if args.output != "text":
+        sys.stdout.write(dump(report, args.output))
     else:
         sys.stdout.write(render_text(report, state))
     return 0 if report["valid"] else 1

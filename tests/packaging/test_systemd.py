@@ -115,6 +115,8 @@ def test_install_starts_the_service_only_after_ready(node):
     active = int(m.unit_property(UNIT, "ActiveEnterTimestampMonotonic"))
     ready_line = next(e for e in journal(m) if "msg=ready" in str(e.get("MESSAGE")))
     assert active - began > 100_000, (began, active)  # microseconds
+    # `systemctl status` shows what is served (sd_notify STATUS=).
+    assert m.unit_property(UNIT, "StatusText") == "1 service port, 0 manifest errors, rules ok"
     assert "ports=1" in ready_line["MESSAGE"]
 
 
