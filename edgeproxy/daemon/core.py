@@ -31,8 +31,8 @@ from edgeproxy.daemon import guard, sdnotify
 from edgeproxy.daemon.config import DaemonConfig
 from edgeproxy.daemon.logs import log_event
 from edgeproxy.daemon.runner import BoundedFrequencyRunner
-from edgeproxy.daemon.views import (ComputedView, DaemonCounters, DnsView, KeeperView,
-                                    ProxyView, WatcherView)
+from edgeproxy.daemon.views import (ComputedView, ComputerView, DaemonCounters, DnsView,
+                                    KeeperView, ProxyView, WatcherView)
 from edgeproxy.model import DesiredState, FilterMode, ListenAddresses, ServicePort, ServicePortKey
 from edgeproxy.rules.render import RuleSet
 
@@ -53,7 +53,7 @@ class Computation(ComputedView, Protocol):
     address_changes: tuple[Any, ...]
 
 
-class Computer(Protocol):
+class Computer(ComputerView, Protocol):
     filter_mode: FilterMode
 
     def compute(self, changed: set[Path] | None,
@@ -232,6 +232,7 @@ class Daemon:
         self._pending_paths: set[Path] | None = set()
         self._writing: set[Path] = set()
         self._retry_timer: Any = None
+        self._last_status_line = ""
         self._full_rescan = True
         self._force_apply = False
         self._phases: dict[str, float] = {}
@@ -351,6 +352,7 @@ class Daemon:
         if self.queued_since == queued_at:
             self.queued_since = None
         self.last_applied_wall = time.time()
+        self._notify_status()
 
     def _retry_soon(self, paths: set[Path]) -> None:
         """Files that look half-written are read again shortly (one timer at a time)."""
@@ -462,7 +464,8 @@ class Daemon:
         self.keeper.start()
         self.runner.start()
         self.ready = True
-        sdnotify.notify("READY=1\nSTATUS=serving", self.environ)
+        sdnotify.notify(f"READY=1\nSTATUS={self.status_line()}", self.environ)
+        self._last_status_line = self.status_line()
         interval = sdnotify.watchdog_interval(self.environ)
         if interval:
             gevent.spawn(self._watchdog_loop, interval)
@@ -492,6 +495,30 @@ class Daemon:
                 continue
             if repaired:
                 log_event(log, logging.WARNING, "data path repaired", what="; ".join(repaired))
+            self._notify_status()
+
+    def status_line(self) -> str:
+        """One line for `systemctl status` (sd_notify STATUS=): what is served, what is wrong."""
+        errors = len(self.last_computed.errors) if self.last_computed is not None else 0
+        problems = self.health_problems()
+        ports = len(self.applied.ports)
+        parts = [f"{ports} service port{'s' if ports != 1 else ''}",
+                 f"{errors} manifest error{'s' if errors != 1 else ''}"]
+        if self.held is not None:
+            parts.append("a mass removal is held (edgeproxy confirm-removal)")
+        parts.append(f"problem: {problems[0]}" + (f" (+{len(problems) - 1} more)"
+                                                  if len(problems) > 1 else "")
+                     if problems else "rules ok")
+        return ", ".join(parts)
+
+    def _notify_status(self) -> None:
+        """Tell systemd the status line when it changed (after syncs and data-path checks)."""
+        if not self.ready:
+            return
+        line = self.status_line()
+        if line != self._last_status_line:
+            self._last_status_line = line
+            sdnotify.notify(f"STATUS={line}", self.environ)
 
     def health_problems(self) -> list[str]:
         """Why captured traffic may not be served as the manifests say, right now ([] when

@@ -208,8 +208,9 @@ OPTIONS: tuple[Option, ...] = (
            "HOST:PORT for /healthz, /readyz, /status and POST /confirm-removal "
            "(default 127.0.0.1:10266; kube-proxy uses 10256); port 0 disables", "HOST:PORT"),
     Option("metrics_bind_address", "--metrics-bind-address", "metricsBindAddress",
-           "127.0.0.1:10259", parse_host_port,
-           "HOST:PORT for /metrics (default 127.0.0.1:10259; kube-proxy uses 10249); "
+           "127.0.0.1:10267", parse_host_port,
+           "HOST:PORT for /metrics (default 127.0.0.1:10267, clear of the Kubernetes ports: "
+           "kube-proxy uses 10249, kube-scheduler 10259); "
            "port 0 disables", "HOST:PORT"),
     Option("log_format", "--log-format", "logFormat", "text", str,
            "text (key=value) or json, one line per event", choices=LOG_FORMATS),

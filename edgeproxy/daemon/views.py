@@ -81,8 +81,19 @@ class WatcherView(Protocol):
 
 
 @runtime_checkable
+class BudgetView(Protocol):
+    """The forwarders' descriptor budget (forwarding/budget.py)."""
+
+    total: int
+    used: int
+    exhausted_total: dict[str, int]  # by protocol: new traffic that had to wait or was dropped
+    evicted_total: int  # UDP sessions closed to make room
+
+
+@runtime_checkable
 class ProxyView(Protocol):
     repairs_total: int  # data-path repairs: interface, addresses, listeners
+    budget: BudgetView
 
     def stats(self) -> Mapping[ServicePortKey, ServiceStats]: ...
 
@@ -121,6 +132,20 @@ class ForwarderView(Protocol):
 
 
 @runtime_checkable
+class WorkerView(Protocol):
+    """The parse worker process (manifests/worker.py)."""
+
+    starts_total: int
+    kills_total: int  # killed for a timeout or replaced after a crash
+    recycles_total: int  # replaced to give memory back
+
+
+@runtime_checkable
+class ComputerView(Protocol):
+    worker: WorkerView | None
+
+
+@runtime_checkable
 class DaemonView(Protocol):
     config: DaemonConfig
     counters: DaemonCounters
@@ -132,6 +157,7 @@ class DaemonView(Protocol):
     held: GuardDecision | None
     keeper: KeeperView | None  # None until started
     proxy: ProxyView | None
+    computer: ComputerView | None
     dns: DnsView | None  # None when --no-dns (or not started)
     watcher: WatcherView | None  # None when not watching (or not started)
     last_phases: Mapping[str, float]

@@ -24,7 +24,7 @@ from edgeproxy.demo.netns import NetNS
 from edgeproxy.demo.topology import DNS_BACKEND, DNS_PORT
 
 HEALTHZ = "127.0.0.1:10266"
-METRICS = "127.0.0.1:10259"
+METRICS = "127.0.0.1:10267"
 
 
 class DaemonError(RuntimeError):

@@ -88,7 +88,29 @@ def test_text_errors_and_missing_path() -> None:
 
 def test_usage_error_exit_2() -> None:
     assert run_cli().returncode == 2
-    assert run_cli("-o", "yaml", str(EXAMPLES)).returncode == 2
+    assert run_cli("-o", "xml", str(EXAMPLES)).returncode == 2
+
+
+def test_yaml_output_is_the_json_report() -> None:
+    import yaml
+
+    as_json = json.loads(run_cli("-o", "json", str(EXAMPLES)).stdout)
+    assert yaml.safe_load(run_cli("-o", "yaml", str(EXAMPLES)).stdout) == as_json
+
+
+def test_the_filter_mode_comes_from_the_config_file_unless_a_flag_says(tmp_path) -> None:
+    config = tmp_path / "edgeproxy.yaml"
+    config.write_text("serviceFilterMode: FilterIfLabelDoesNotExists\n")
+    report = json.loads(run_cli("-o", "json", "--config", str(config), str(EXAMPLES)).stdout)
+    verdicts = {s["name"]: s["verdict"] for s in report["services"]}
+    assert verdicts["node-metrics"] == "proxy" and verdicts["web"] == "skip"
+    flagged = json.loads(run_cli("-o", "json", "--config", str(config), "--service-filter-mode",
+                                 "FilterIfLabelExists", str(EXAMPLES)).stdout)
+    assert {s["name"]: s["verdict"] for s in flagged["services"]}["web"] == "proxy"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("serviceFilterMode: Sometimes\n")
+    result = run_cli("--config", str(bad), str(EXAMPLES))
+    assert result.returncode == 2 and "serviceFilterMode" in result.stderr
 
 
 def test_corpus_file_reports_conflicts(corpus_dir: Path, capsys) -> None:

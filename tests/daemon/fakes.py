@@ -25,11 +25,27 @@ def state(*names, errors=()):
     return DesiredState(ports=ports, services=(skipped,), errors=tuple(errors))
 
 
+@dataclass
+class FakeWorker:
+    starts_total: int = 1
+    kills_total: int = 0
+    recycles_total: int = 2
+
+
+@dataclass
+class FakeBudget:
+    total: int = 1000
+    used: int = 10
+    exhausted_total: dict = field(default_factory=lambda: {"tcp": 0, "udp": 3})
+    evicted_total: int = 4
+
+
 class FakeComputer:
     def __init__(self):
         self.filter_mode = FilterMode.FILTER_IF_LABEL_EXISTS
         self.next = Computed(state("a", "b", "c", "d"), None, 4)
         self.calls = []
+        self.worker = FakeWorker()
 
     def compute(self, changed, writing=frozenset()):
         self.calls.append(changed)
@@ -45,6 +61,7 @@ class FakeProxy:
         self.udp_timeout, self.tcp_idle_timeout, self.drain_grace = 30.0, None, 0.0
         self.max_connections = 10000
         self.repairs_total = 0
+        self.budget = FakeBudget()
         self.problems: list[str] = []  # what health_problems() reports
         self.repairs: list[str] = []  # what the next verify() repairs
 
