@@ -455,6 +455,7 @@ class Daemon:
             self.start_watcher()
         self.runner = BoundedFrequencyRunner(self.sync, c.min_sync_period, c.rescan_period,
                                              debounce=c.watch_debounce)
+        initial = self.runner.clock.now()
         try:
             self.sync()
         except Exception as exc:  # noqa: BLE001 - the runner retries; we still start
@@ -462,7 +463,7 @@ class Daemon:
                       error=f"{type(exc).__name__}: {exc}")
             self.request_sync(None)
         self.keeper.start()
-        self.runner.start()
+        self.runner.start(ran_at=initial)
         self.ready = True
         sdnotify.notify(f"READY=1\nSTATUS={self.status_line()}", self.environ)
         self._last_status_line = self.status_line()
