@@ -20,7 +20,8 @@ def register(subparsers) -> None:
                     "verdict for every Service. Exit 0 when all documents are valid, 1 otherwise.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="manifest file or directory")
     add_output_option(p)
-    add_config_options(p, ["service_filter_mode", "trusted_manifest_roots"])
+    add_config_options(p, ["service_filter_mode", "trusted_manifest_roots",
+                               "service_cidr"])
     p.set_defaults(func=run)
 
 
@@ -34,11 +35,15 @@ def run(args: argparse.Namespace) -> int:
     from edgeproxy.model import FilterMode
     from edgeproxy.state import build_state
 
+    from edgeproxy.state.allocation import ServiceCIDRs, assign
+
     settings = resolve(args, "validate")
     objects, errors = load_objects([Path(p) for p in args.paths],
                                    trusted_roots=settings["trusted_manifest_roots"])
-    state = build_state(objects, FilterMode(settings["service_filter_mode"]), errors)
-    report = build_report(objects, state)
+    mode = FilterMode(settings["service_filter_mode"])
+    objects, allocation = assign(objects, ServiceCIDRs.parse(settings["service_cidr"]), mode)
+    state = build_state(objects, mode, errors)
+    report = build_report(objects, state, allocation)
     if args.output != "text":
         sys.stdout.write(dump(report, args.output))
     else:
@@ -46,9 +51,13 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report["valid"] else 1
 
 
-def build_report(objects, state) -> dict:
-    """The `-o json` object (see docs/manifests.md for the shape)."""
+def build_report(objects, state, allocation=None) -> dict:
+    """The `-o json` object (see docs/manifests.md for the shape). ``allocation``: the
+    cluster IPs `--service-cidr` gave (state/allocation.py)."""
     from edgeproxy.state.filtering import service_vips
+
+    allocated = allocation.addresses if allocation is not None else {}
+    unallocated = allocation.unallocated if allocation is not None else {}
 
     bodies = {(o.source.file, o.source.document): o.body for o in objects if o.kind == "Service"}
     # Each Service's proxied ports, looked up by (source, port name, protocol): a scan of
@@ -87,6 +96,9 @@ def build_report(objects, state) -> dict:
             "verdict": verdict.verdict.value,
             "reason": verdict.reason.value if verdict.reason else None,
             "ports": ports,
+            "allocatedClusterIPs": list(allocated.get((verdict.namespace, verdict.name), ())),
+            **({"unallocated": unallocated[(verdict.namespace, verdict.name)]}
+               if (verdict.namespace, verdict.name) in unallocated else {}),
         })
     return {
         "valid": not state.errors,
@@ -105,9 +117,12 @@ def render_text(report: dict, state) -> str:
     for svc in report["services"]:
         head = f"{svc['namespace']}/{svc['name']} ({svc['file']}#{svc['document']})"
         if svc["verdict"] == "skip":
-            lines.append(f"skip   {head}: {svc['reason']}")
+            why = f" ({svc['unallocated']})" if svc.get("unallocated") else ""
+            lines.append(f"skip   {head}: {svc['reason']}{why}")
             continue
-        lines.append(f"proxy  {head}")
+        allocated = svc.get("allocatedClusterIPs") or []
+        lines.append(f"proxy  {head}" + (f" clusterIP {', '.join(allocated)} (allocated)"
+                                         if allocated else ""))
         for p in svc["ports"]:
             label = f"{p['name'] or '-'} {p['port']}/{p['protocol']}"
             if not p["proxied"]:

@@ -31,8 +31,8 @@ from edgeproxy.daemon import guard, sdnotify
 from edgeproxy.daemon.config import DaemonConfig
 from edgeproxy.daemon.logs import log_event
 from edgeproxy.daemon.runner import BoundedFrequencyRunner
-from edgeproxy.daemon.views import (ComputedView, ComputerView, DaemonCounters, KeeperView,
-                                    ProxyView, WatcherView)
+from edgeproxy.daemon.views import (ComputedView, ComputerView, DaemonCounters, DnsView,
+                                    KeeperView, ProxyView, WatcherView)
 from edgeproxy.model import DesiredState, FilterMode, ListenAddresses, ServicePort, ServicePortKey
 from edgeproxy.rules.render import RuleSet
 
@@ -49,6 +49,8 @@ WATCHER_START_WAIT = 5.0  # seconds; the watcher process is normally ready in ~0
 class Computation(ComputedView, Protocol):
     state: DesiredState
     file_count: int
+    zone: Any  # dns.records.Zone, None when the DNS server is off
+    address_changes: tuple[Any, ...]
 
 
 class Computer(ComputerView, Protocol):
@@ -97,13 +99,48 @@ class Watcher(WatcherView, Protocol):
     def stop(self) -> None: ...
 
 
+class DnsService(DnsView, Protocol):
+    def start(self) -> None: ...
+
+    def update(self, zone: Any) -> None: ...
+
+    def configure(self, settings: Any) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 Renderer = Callable[[Mapping[ServicePortKey, ServicePort], Mapping[ServicePortKey, int],
                      ListenAddresses], RuleSet]
 
 
+def dns_addresses(config: DaemonConfig) -> tuple[str, ...]:
+    """The DNS server's addresses ((): the DNS server is off)."""
+    if not config.dns:
+        return ()
+    return tuple(a for a in (config.dns_listen_address, config.dns_listen_address_v6) if a)
+
+
 def listen_addresses(config: DaemonConfig) -> ListenAddresses:
     return ListenAddresses(ipv4=config.listen_address, ipv6=config.listen_address_v6 or None,
-                           interface=config.listen_interface)
+                           interface=config.listen_interface, dns=dns_addresses(config))
+
+
+def zone_settings(config: DaemonConfig):
+    from edgeproxy.daemon.compute import ZoneSettings
+
+    if not config.dns:
+        return None
+    return ZoneSettings(config.cluster_domain, config.dns_ttl, dns_addresses(config))
+
+
+def dns_settings(config: DaemonConfig):
+    from edgeproxy.dns.server import DnsSettings
+
+    return DnsSettings(domain=config.cluster_domain, ttl=config.dns_ttl,
+                       upstreams=config.dns_upstreams,
+                       upstream_timeout=config.dns_upstream_timeout,
+                       cache_size=config.dns_cache_size, serve_stale=config.dns_serve_stale,
+                       max_tcp_clients=config.dns_max_tcp_clients)
 
 
 def default_factories(config: DaemonConfig) -> dict[str, Callable[[], Any]]:
@@ -118,7 +155,8 @@ def default_factories(config: DaemonConfig) -> dict[str, Callable[[], Any]]:
         policy = TrustPolicy(
             trusted_roots=tuple(Path(p) for p in config.trusted_manifest_roots),
             require_root_owned=os.geteuid() == 0 and not config.allow_insecure_manifests)
-        return StateComputer(config.manifests, FilterMode(config.service_filter_mode), policy)
+        return StateComputer(config.manifests, FilterMode(config.service_filter_mode), policy,
+                             service_cidr=config.service_cidr, zone=zone_settings(config))
 
     def proxy():
         from edgeproxy.forwarding.ports import PortRange
@@ -149,7 +187,16 @@ def default_factories(config: DaemonConfig) -> dict[str, Callable[[], Any]]:
 
         return RuleRenderer()
 
-    return {"computer": computer, "proxy": proxy, "keeper": keeper, "render": render}
+    def dns():
+        if not config.dns:
+            return None
+        from edgeproxy.dns.server import DnsServer
+
+        return DnsServer([(a, config.dns_port) for a in dns_addresses(config)],
+                         dns_settings(config))
+
+    return {"computer": computer, "proxy": proxy, "keeper": keeper, "render": render,
+            "dns": dns}
 
 
 class Daemon:
@@ -169,6 +216,7 @@ class Daemon:
         self.proxy: Proxy | None = None
         self.keeper: Keeper | None = None
         self.render: Renderer | None = None
+        self.dns: DnsService | None = None
         self.watcher: Watcher | None = None
         self.runner: BoundedFrequencyRunner | None = None
         # What is being served (last good) and what the last computation said.
@@ -252,6 +300,10 @@ class Daemon:
             self.keeper.check_period = c.sync_period
         if self.computer is not None:
             self.computer.filter_mode = FilterMode(c.service_filter_mode)
+            self.computer.service_cidr = c.service_cidr
+            self.computer.zone_settings = zone_settings(c)
+        if self.dns is not None:
+            self.dns.configure(dns_settings(c))
         if self.proxy is not None:
             # New listeners use these; running services keep the values they started with.
             self.proxy.udp_timeout = c.udp_timeout
@@ -338,6 +390,7 @@ class Daemon:
             log_event(log, logging.INFO, "mass-removal hold cleared: the manifests recovered")
         self.held = None
         self.confirm_requested = False
+        self._follow(computed)
         old = self.applied
         if new == old and not self._force_apply and self.proxy_ports:
             self.applied = new  # same services, maybe new verdicts/errors for status
@@ -365,6 +418,17 @@ class Daemon:
                   removed=removed, errors=len(new.errors), forced=force or None,
                   **{f"{name}_s": took for name, took in self._phases.items()})
 
+    def _follow(self, computed: Computation) -> None:
+        """What a sync that is applied changes besides rules and listeners: the DNS zone
+        (answers follow the manifests within this sync) and cluster-IP address changes."""
+        for change in computed.address_changes:
+            self.counters.cluster_ip_changes_total += 1
+            log_event(log, logging.WARNING, "allocated cluster IP changed",
+                      service=f"{change.ident[0]}/{change.ident[1]}", old=",".join(change.old),
+                      new=",".join(change.new), why=change.why)
+        if self.dns is not None and computed.zone is not None:
+            self.dns.update(computed.zone)
+
     def _sync_routes(self, state: DesiredState) -> None:
         vips = {vip for sp in state.ports.values() for vip in sp.vips}
         try:
@@ -380,8 +444,11 @@ class Daemon:
         self.proxy = self.factories["proxy"]()
         self.keeper = self.factories["keeper"]()
         self.render = self.factories["render"]()
+        self.dns = self.factories["dns"]()
         self.start_http()
         self.proxy.start()
+        if self.dns is not None:
+            self.dns.start()  # on the interface proxy.start() made (bound even before that)
         if self.watch:
             # Watching before the first read: a change made while the initial sync runs is
             # then an event, not lost until the periodic rescan.
@@ -466,6 +533,8 @@ class Daemon:
             problems += self.proxy.health_problems()
         if self.keeper is not None and self.keeper.problem:
             problems.append(self.keeper.problem)
+        if self.dns is not None:
+            problems += self.dns.health_problems()
         return problems
 
     def _watchdog_loop(self, interval: float) -> None:
@@ -521,6 +590,11 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001
             self.exit_code = 1
             log_event(log, logging.ERROR, "removing rules failed", error=str(exc))
+        try:
+            if self.dns is not None:
+                self.dns.stop()
+        except Exception as exc:  # noqa: BLE001
+            log_event(log, logging.WARNING, "stopping the DNS server failed", error=str(exc))
         try:
             if self.proxy is not None:
                 self.proxy.stop(self.config.drain_grace)

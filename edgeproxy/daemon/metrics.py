@@ -26,7 +26,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from edgeproxy.daemon.views import SYNC_BUCKETS, DaemonView
+from edgeproxy.daemon.views import SYNC_BUCKETS, DaemonView, DnsView
 from edgeproxy.rules.backends.check import CheckCounts
 
 
@@ -53,6 +53,9 @@ class DaemonCollector(Collector):
         yield from self._watcher_and_worker()
         yield from self._data_path()
         yield from self._service_ports()
+        yield from _allocation_metrics(self.daemon)
+        if self.daemon.dns is not None:
+            yield from _dns_metrics(self.daemon.dns)
 
     def _sync(self) -> Iterator:
         d, c = self.daemon, self.daemon.counters
@@ -230,6 +233,55 @@ class DaemonCollector(Collector):
                 udp_evicted.add_metric(labels, s.udp_evicted_total)
         yield from (bytes_, dials, active, conns, resets, udp, udp_total, udp_dropped,
                     udp_evicted)
+
+
+def _allocation_metrics(d: DaemonView) -> Iterator:
+    computed = d.last_computed
+    yield GaugeMetricFamily("edgeproxy_cluster_ips_allocated",
+                            "Services given a cluster IP from --service-cidr",
+                            value=len(computed.allocated) if computed else 0)
+    yield GaugeMetricFamily("edgeproxy_cluster_ips_unallocated",
+                            "Services without a clusterIP that --service-cidr could not serve "
+                            "(family not configured, range full)",
+                            value=len(computed.unallocated) if computed else 0)
+    yield CounterMetricFamily("edgeproxy_cluster_ip_changes",
+                              "Allocated cluster IPs that moved to another address (collision)",
+                              value=d.counters.cluster_ip_changes_total)
+
+
+def _dns_metrics(dns: DnsView) -> Iterator:
+    stats = dns.stats
+    queries = CounterMetricFamily(
+        "edgeproxy_dns_queries", "DNS queries by type and result (answer, nodata, nxdomain, "
+        "refused: from the cluster zone; forwarded, cached, stale, servfail: names outside it; "
+        "formerr, notimp, badvers)", labels=["type", "result"])
+    for (qtype, result), n in sorted(stats.queries.items()):
+        queries.add_metric([qtype, result], n)
+    yield queries
+    yield CounterMetricFamily("edgeproxy_dns_cache_hits",
+                              "Forwarded names answered from the cache", value=stats.cache_hits_total)
+    yield GaugeMetricFamily("edgeproxy_dns_cache_entries", "Forwarded answers in the cache",
+                            value=len(dns.cache))
+    yield CounterMetricFamily("edgeproxy_dns_stale_answers",
+                              "Expired answers served because no upstream answered",
+                              value=stats.stale_total)
+    errors = CounterMetricFamily("edgeproxy_dns_upstream_errors",
+                                 "Failed attempts to ask an upstream resolver (timeouts, "
+                                 "refusals, bad answers)", labels=["upstream"])
+    for upstream, n in sorted(dns.forwarder.errors_total.items()):
+        errors.add_metric([upstream], n)
+    yield errors
+    yield GaugeMetricFamily("edgeproxy_dns_upstreams_down",
+                            "1 while no upstream answered lately (queries fail fast, stale "
+                            "answers are served)", value=1 if dns.forwarder.down else 0)
+    yield CounterMetricFamily("edgeproxy_dns_truncated",
+                              "UDP answers sent truncated (the client asks again over TCP)",
+                              value=stats.truncated_total)
+    yield CounterMetricFamily("edgeproxy_dns_busy",
+                              "Forwarded queries refused with SERVFAIL: too many in flight",
+                              value=stats.busy_total)
+    yield CounterMetricFamily("edgeproxy_dns_tcp_connections", "DNS connections over TCP",
+                              value=stats.tcp_connections_total)
 
 
 def make_registry(daemon: DaemonView) -> CollectorRegistry:

@@ -37,7 +37,8 @@ def test_examples_json_shape() -> None:
     by_name = {s["name"]: s for s in report["services"]}
     assert set(by_name) == {"web", "echo", "edge-dns", "node-metrics"}
     web = by_name["web"]
-    assert set(web) == {"file", "document", "namespace", "name", "verdict", "reason", "ports"}
+    assert set(web) == {"file", "document", "namespace", "name", "verdict", "reason", "ports",
+                        "allocatedClusterIPs"}
     assert (web["verdict"], web["reason"], web["document"]) == ("proxy", None, "0")
     (port,) = web["ports"]
     assert port["name"] == "http" and port["port"] == 80 and port["protocol"] == "TCP"
@@ -119,3 +120,22 @@ def test_corpus_file_reports_conflicts(corpus_dir: Path, capsys) -> None:
     assert "conflict: 10.10.0.1:80/TCP claimed by default/native-svc and " \
            "default/native-disabled-svc" in out
     assert "skip   default/external-svc " in out
+
+
+def test_service_cidr_shows_allocated_cluster_ips(tmp_path) -> None:
+    (tmp_path / "plain.yaml").write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: plain, namespace: default}\n"
+        "spec: {ports: [{port: 80}]}\n")
+    skipped = run_cli(str(tmp_path))
+    assert "skip   default/plain" in skipped.stdout and "no-cluster-ip" in skipped.stdout
+    text = run_cli("--service-cidr", "198.19.128.0/17", str(tmp_path))
+    assert "proxy  default/plain" in text.stdout and "(allocated)" in text.stdout
+    doc = json.loads(run_cli("--service-cidr", "198.19.128.0/17", "-o", "json",
+                             str(tmp_path)).stdout)
+    (svc,) = doc["services"]
+    (ip,) = svc["allocatedClusterIPs"]
+    assert svc["verdict"] == "proxy" and svc["ports"][0]["vips"] == [ip]
+    again = json.loads(run_cli("--service-cidr", "198.19.128.0/17", "-o", "json",
+                               str(tmp_path)).stdout)
+    assert again["services"][0]["allocatedClusterIPs"] == [ip]  # another node, same address
+    assert run_cli("--service-cidr", "nonsense", str(tmp_path)).returncode == 2

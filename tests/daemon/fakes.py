@@ -92,6 +92,44 @@ class FakeProxy:
         self.calls.append("stop")
 
 
+class FakeForwarder:
+    def __init__(self):
+        self.errors_total = {"192.0.2.53:53": 2}
+        self.down = False
+
+
+class FakeDns:
+    """Stands in for dns.server.DnsServer: remembers the zones it was given."""
+
+    def __init__(self):
+        from edgeproxy.dns.server import DnsStats
+
+        self.stats = DnsStats()
+        self.stats.queries[("A", "answer")] = 3
+        self.forwarder = FakeForwarder()
+        self.cache: dict = {}
+        self.zones: list = []
+        self.calls: list = []
+
+    def start(self):
+        self.calls.append("start")
+
+    def update(self, zone):
+        self.zones.append(zone)
+
+    def configure(self, settings):
+        self.calls.append(("configure", settings))
+
+    def stop(self):
+        self.calls.append("stop")
+
+    def health_problems(self):
+        return []
+
+    def status(self):
+        return {"listen": ["169.254.96.53:53"], "domain": "cluster.local", "names": 0}
+
+
 @dataclass
 class FakeCheck:
     counts: CheckCounts

@@ -13,7 +13,8 @@ from edgeproxy.daemon.http import healthz_app, metrics_app
 from edgeproxy.daemon.status import build_status, render_text
 from edgeproxy.forwarding.stats import ServiceStats
 from edgeproxy.model import ManifestError, Protocol, ServicePortKey
-from tests.daemon.fakes import FakeComputer, FakeKeeper, FakeProxy, FakeWatcher, state
+from tests.daemon.fakes import (FakeComputer, FakeDns, FakeKeeper, FakeProxy, FakeWatcher,
+                                state)
 
 
 def test_start_order_listeners_before_rules_then_ready(daemon):
@@ -182,7 +183,8 @@ def test_sd_notify_ready_watchdog_and_stopping(tmp_path):
     proxy = FakeProxy()
     d = Daemon(config, factories={"computer": FakeComputer, "proxy": lambda: proxy,
                                   "keeper": lambda: FakeKeeper(proxy.calls),
-                                  "render": lambda: lambda ports, pp, listen: dict(pp)},
+                                  "render": lambda: lambda ports, pp, listen: dict(pp),
+                                  "dns": FakeDns},
                watch=False,
                environ={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000",
                         "WATCHDOG_PID": str(os.getpid())})
@@ -287,3 +289,32 @@ def test_livez_and_kube_proxy_healthz_fields(daemon):
     assert _call(app, "/livez")[0].startswith("200")
     body = json.loads(_call(app, "/healthz")[1])
     assert set(body) >= {"lastUpdated", "currentTime", "nodeEligible", "problems"}
+
+
+def test_the_dns_zone_follows_the_manifests_in_the_same_sync_and_only_when_applied(daemon):
+    from edgeproxy.dns.records import build_zone
+    from edgeproxy.state.allocation import AddressChange
+
+    zone = build_zone([])
+    change = AddressChange(("default", "web"), ("198.19.128.1",), ("198.19.128.2",),
+                           "198.19.128.1 is the home of default/aaa")
+    daemon.computer.next = Computed(state("a", "b", "c", "d"), None, 4, zone=zone,
+                                    allocated={("default", "a"): ("198.19.0.10",)},
+                                    address_changes=(change,))
+    daemon.sync()
+    assert daemon.dns.zones[-1] is zone  # same services, new records: still updated
+    assert daemon.counters.cluster_ip_changes_total == 1
+    doc = build_status(daemon)
+    assert doc["allocatedClusterIPs"] == [{"service": "default/a",
+                                           "clusterIPs": ["198.19.0.10"]}]
+    assert [s["allocated"] for s in doc["services"] if s["service"] == "default/a"] == [True]
+    assert doc["dns"]["domain"] == "cluster.local" and "allocated" in render_text(doc)
+    body = _call(metrics_app(daemon), "/metrics")[1]
+    assert "edgeproxy_cluster_ip_changes_total 1.0" in body
+    assert 'edgeproxy_dns_queries_total{result="answer",type="A"} 3.0' in body
+    assert 'edgeproxy_dns_upstream_errors_total{upstream="192.0.2.53:53"} 2.0' in body
+    # A held mass removal keeps the last good zone too.
+    held_zone = build_zone([])
+    daemon.computer.next = Computed(state("a"), None, 1, zone=held_zone)
+    daemon.sync()
+    assert daemon.held is not None and daemon.dns.zones[-1] is zone
