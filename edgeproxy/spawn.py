@@ -121,12 +121,19 @@ def _wait_exit(pid: int, exited: gevent.event.Event, watcher, status: list[int],
             _close(pidfd)
 
 
+# The standard library's posix_spawnp: gevent's patched one also registers a child watcher with
+# the calling thread's hub, which callers here do themselves (run, Child) or cannot have (the
+# parse worker's client runs in a native thread of gevent's pool).
+_posix_spawnp = gevent.monkey.get_original("os", "posix_spawnp")
+
+
 def _spawn(argv: list[str], stdin: int, stdout: int, stderr: int) -> int:
-    """posix_spawn ``argv`` with the given fds as its 0, 1 and 2; returns the pid."""
-    return os.posix_spawnp(argv[0], argv, os.environ, setsigdef=_DEFAULT_SIGNALS,
-                           file_actions=[(os.POSIX_SPAWN_DUP2, stdin, 0),
-                                         (os.POSIX_SPAWN_DUP2, stdout, 1),
-                                         (os.POSIX_SPAWN_DUP2, stderr, 2)])
+    """posix_spawn ``argv`` with the given fds as its 0, 1 and 2; returns the pid. Usable from
+    any thread."""
+    return _posix_spawnp(argv[0], argv, os.environ, setsigdef=_DEFAULT_SIGNALS,
+                         file_actions=[(os.POSIX_SPAWN_DUP2, stdin, 0),
+                                       (os.POSIX_SPAWN_DUP2, stdout, 1),
+                                       (os.POSIX_SPAWN_DUP2, stderr, 2)])
 
 
 def _watch_exit(pid: int) -> tuple[gevent.event.Event, object]:

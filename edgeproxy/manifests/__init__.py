@@ -8,20 +8,23 @@ them against ``schemas/`` and the API server's rules, ``catalog`` keeps them inc
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from edgeproxy.model import DesiredState, FilterMode, KubeObject, LoadLimits, ManifestError
 
+if TYPE_CHECKING:
+    from .reader import TrustPolicy
+
 
 def load_objects(paths: Sequence[Path], limits: LoadLimits | None = None,
-                 trusted_roots: Sequence[str | Path] = (),
+                 policy: TrustPolicy | None = None,
                  ) -> tuple[list[KubeObject], list[ManifestError]]:
-    """All objects and errors of the given files/directories, in path order. Symlinks may
-    lead out of each path only into ``trusted_roots`` (the daemon's trustedManifestRoots)."""
+    """All objects and errors of the given files/directories, in path order, read under
+    ``policy`` (default: no symlink out of each path, no ownership rule)."""
     from .catalog import ManifestCatalog
     from .reader import TrustPolicy
 
-    policy = TrustPolicy(trusted_roots=tuple(Path(r) for r in trusted_roots))
+    policy = policy or TrustPolicy()
     objects: list[KubeObject] = []
     errors: list[ManifestError] = []
     for path in paths:

@@ -78,7 +78,6 @@ class CatalogSnapshot:
     retry: tuple[Path, ...] = ()  # probably half-written: refresh these again shortly
 
 
-_file_error = file_error
 
 
 class ManifestCatalog:
@@ -93,7 +92,7 @@ class ManifestCatalog:
         self.policy = policy or TrustPolicy()
         self.loader: Loader = loader or load_in_process
         self.settle = settle
-        self._to_load: dict[Path, FileInfo | None] = {}
+        self._to_load: dict[Path, tuple[FileInfo | None, StatKey]] = {}
         self._retry: list[Path] = []
         self._writing: set[Path] = set()
         self._files: dict[Path, FileInfo] = {}
@@ -133,7 +132,7 @@ class ManifestCatalog:
                                                "(--allow-insecure-manifests overrides)")
         if changed_paths is None or not self.root.is_dir():
             found = discover(self.root, self.limits, context)
-            self._root_problems = tuple(_file_error(Path(p), m) for p, m in found.problems)
+            self._root_problems = tuple(file_error(Path(p), m) for p, m in found.problems)
             wanted = set(found.files)
             for gone in [p for p in self._files if p not in wanted]:
                 del self._files[gone]
@@ -197,7 +196,7 @@ class ManifestCatalog:
             if isinstance(exc, FileNotFoundError) and not os.path.lexists(path):
                 self._files.pop(path, None)
                 return
-            self._store(path, None, previous, [], [_file_error(path, f"cannot read: "
+            self._store(path, None, previous, [], [file_error(path, f"cannot read: "
                                                                      f"{exc.strerror or exc}")],
                         rejected=True)
             return
@@ -206,7 +205,7 @@ class ManifestCatalog:
         if path in self._writing and self.settle and time.time() - st.st_mtime < WRITING_HOLD:
             self._retry.append(path)  # still open for writing: wait for its close
             return
-        self._to_load[path] = previous
+        self._to_load[path] = (previous, stat_key(st))
 
     def _load_pending(self) -> None:
         if not self._to_load:
@@ -216,28 +215,25 @@ class ManifestCatalog:
         results = self.loader(paths, self.root, self.policy, self.limits)
         now = time.time()
         for path in paths:
-            previous = self._to_load[path]
+            previous, seen_key = self._to_load[path]
             result = results.get(path)
             if result is None:
-                result = LoadResult(None, (), (_file_error(path, "not loaded"),), rejected=True)
-            if self._probably_half_written(result, path, now):
+                result = LoadResult(None, (), (file_error(path, "not loaded"),), rejected=True)
+            # What was read, else what we saw: a file refused unread (timed out, over the
+            # memory budget, insecure) is read again only when it changes.
+            key = result.stat_key or seen_key
+            if self._probably_half_written(result, key, now):
                 self._retry.append(path)
                 continue
-            self._store(path, result.stat_key, previous, list(result.objects),
-                        list(result.errors), result.rejected)
+            self._store(path, key, previous, list(result.objects), list(result.errors),
+                        result.rejected)
 
-    def _probably_half_written(self, result: LoadResult, path: Path, now: float) -> bool:
+    def _probably_half_written(self, result: LoadResult, key: StatKey, now: float) -> bool:
         """A failure a writer at work explains, on a file changed less than ``settle`` ago."""
+        young = now - key[3] / 1e9 < self.settle
         if result.retry:
-            mtime = result.mtime
-            if not mtime:
-                try:
-                    mtime = os.stat(path).st_mtime
-                except OSError:
-                    return False  # gone for good: a deleted file is handled as such
-            return now - mtime < self.settle
-        failed = result.rejected or bool(result.errors)
-        return failed and result.stat_key is not None and now - result.mtime < self.settle
+            return young
+        return (result.rejected or bool(result.errors)) and result.stat_key is not None and young
 
     def _store(self, path: Path, key: StatKey | None, previous: FileInfo | None,
                objects: list[KubeObject], errors: list[ManifestError], rejected: bool) -> None:

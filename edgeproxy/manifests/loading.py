@@ -31,7 +31,6 @@ class LoadResult:
     errors: tuple[ManifestError, ...]
     rejected: bool = False
     retry: bool = False
-    mtime: float = 0.0  # seconds since the epoch, of the version read
 
 
 def file_error(path: Path | str, message: str) -> ManifestError:
@@ -46,9 +45,6 @@ def load_file(path: Path, context: TrustContext, limits: LoadLimits) -> LoadResu
     name = str(path)
     try:
         data, st = read_manifest(path, context, limits.max_file_bytes)
-    except FileNotFoundError:
-        return LoadResult(None, (), (file_error(path, "vanished while being read"),),
-                          rejected=True, retry=True)
     except OSError as exc:
         return LoadResult(None, (), (file_error(path, f"cannot read: {exc.strerror or exc}"),),
                           rejected=True)
@@ -65,7 +61,7 @@ def load_file(path: Path, context: TrustContext, limits: LoadLimits) -> LoadResu
             rejected = True
         errors.append(ManifestError(name, document, None, None, None, path_in_doc, message))
     if rejected:
-        return LoadResult(key, (), tuple(errors), rejected=True, mtime=st.st_mtime)
+        return LoadResult(key, (), tuple(errors), rejected=True)
     for document, body in parsed.documents:
         obj, problems = validate_document(name, document, body)
         if obj is not None:
@@ -76,7 +72,7 @@ def load_file(path: Path, context: TrustContext, limits: LoadLimits) -> LoadResu
             objects.append(obj)
         errors.extend(problems)
     errors.sort(key=_error_order)
-    return LoadResult(key, tuple(objects), tuple(errors), mtime=st.st_mtime)
+    return LoadResult(key, tuple(objects), tuple(errors))
 
 
 def _doc_order(document: str | None) -> tuple:

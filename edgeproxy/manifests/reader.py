@@ -22,10 +22,12 @@ parsed, `read_manifest`:
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 
 class ReadRefused(Exception):
@@ -43,6 +45,14 @@ class TrustPolicy:
     trusted_roots: tuple[Path, ...] = ()  # besides the manifest root itself
     require_root_owned: bool = False
     owner_uid: int = 0
+
+
+def trust_policy(trusted_roots: Iterable[str | Path] = (),
+                 allow_insecure: bool = False) -> TrustPolicy:
+    """The policy `edgeproxy run` and `edgeproxy validate` apply: the ownership rule whenever
+    they run as root, unless the operator said --allow-insecure-manifests."""
+    return TrustPolicy(trusted_roots=tuple(Path(r) for r in trusted_roots),
+                       require_root_owned=os.geteuid() == 0 and not allow_insecure)
 
 
 @dataclass
@@ -123,6 +133,8 @@ class TrustContext:
         problems = []
         for directory in [*Path(os.path.abspath(configured_root)).parents, *self.allowed[:1],
                           *self.allowed[0].parents]:
+            if not os.path.lexists(directory):
+                continue  # a root that is not there yet (a mount, git-sync's first clone)
             problem = self.directory_problem(directory, ancestor=directory != self.allowed[0])
             if problem and problem not in problems:
                 problems.append(problem)
@@ -141,10 +153,22 @@ def read_manifest(path: Path, context: TrustContext,
     try:
         fd = os.open(real, _OPEN_FLAGS)
     except OSError as exc:
-        if exc.errno == 40:  # ELOOP: the last component became a symlink after resolving
+        if exc.errno == errno.ELOOP:  # the last component became a symlink after resolving
             raise ReadRefused("changed into a symlink while being opened", retry=True) from None
+        if exc.errno == errno.ENOENT:  # deleted or renamed away meanwhile
+            raise ReadRefused("vanished while being opened", retry=True) from None
         raise ReadRefused(f"cannot open: {exc.strerror or exc}") from None
     try:
+        # O_NOFOLLOW guards the last component only: a directory on the way swapped for a
+        # symlink between resolving and opening would lead elsewhere. What was opened is
+        # what the descriptor names; it must still be inside.
+        try:
+            opened = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # no /proc: the resolve-then-O_NOFOLLOW check has to do
+            opened = real
+        if opened != real and context.allowed_base(opened) is None:
+            raise ReadRefused(f"changed while being opened: now {opened}, outside the "
+                              "manifest root: refused")
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else

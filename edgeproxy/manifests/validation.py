@@ -378,7 +378,7 @@ def validate_document(file: str, document: str, body: dict,
     versions, schema_name = known
     if api_version not in versions:
         return None, [error("apiVersion", f"{kind} must be apiVersion {' or '.join(versions)}, "
-                                          f"got {api_version!r}")]
+                                          f"got {_yaml(api_version)}")]
     problems = validate_instance(schema_name, body)
     if not problems:
         check = _SEMANTIC.get(kind)

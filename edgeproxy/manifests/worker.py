@@ -67,7 +67,9 @@ class ParseWorker:
         self.memory_limit = memory_limit
         self.file_timeout = file_timeout
         self.recycle_rss = recycle_rss
-        self.command = command or [sys.executable, "-m", "edgeproxy.manifests.worker"]
+        # -P: the current directory is not put on sys.path (the daemon may be started from
+        # anywhere, as root: nothing found there may run in the worker).
+        self.command = command or [sys.executable, "-P", "-m", "edgeproxy.manifests.worker"]
         self.pid: int | None = None
         self._to: int = -1
         self._from: int = -1
@@ -79,32 +81,36 @@ class ParseWorker:
     # -- public --------------------------------------------------------------------------------
     def load(self, paths: Iterable[Path], root: Path, policy: TrustPolicy,
              limits: LoadLimits) -> dict[Path, LoadResult]:
-        """Load every path; never raises for a file's sake (its result says what happened)."""
-        pending = list(paths)
+        """Load every path; never raises for a file's sake (its result says what happened).
+
+        The child answers in the order it was asked, so ``paths[done:]`` is what is still
+        owed; the first of those is the file the child was on when it failed."""
+        paths = list(paths)
+        done = 0
         results: dict[Path, LoadResult] = {}
         crashes: dict[Path, int] = {}
-        while pending:
+        while done < len(paths):
             self._ensure_started()
             try:
-                self._send((pending, root, policy, limits))
+                self._send((paths[done:], root, policy, limits))
                 while True:
                     message = self._receive(self.file_timeout)
                     if message[0] == "done":
-                        pending = []
+                        done = len(paths)
                         break
                     _, path, result = message
                     results[path] = result
-                    pending.remove(path)
+                    done += 1
             except WorkerFailed as exc:
-                # The file the child was on when it failed is the first one without a result.
-                culprit = pending[0]
-                crashes[culprit] = crashes.get(culprit, 0) + 1
-                timed_out = "timed out" in str(exc)
                 self._kill()
-                if timed_out or crashes[culprit] >= 2:
+                if done >= len(paths):
+                    break  # it answered everything, then died (a file over its memory budget)
+                culprit = paths[done]
+                crashes[culprit] = crashes.get(culprit, 0) + 1
+                if "timed out" in str(exc) or crashes[culprit] >= 2:
                     results[culprit] = LoadResult(
                         None, (), (file_error(culprit, str(exc)),), rejected=True)
-                    pending.pop(0)
+                    done += 1
         self._recycle_if_grown()
         return results
 
@@ -118,14 +124,16 @@ class ParseWorker:
     def _ensure_started(self) -> None:
         if self.pid is not None:
             return
+        from edgeproxy.spawn import _spawn
+
         to_r, to_w = os.pipe2(os.O_CLOEXEC)
         from_r, from_w = os.pipe2(os.O_CLOEXEC)
-        argv = [*self.command, str(self.memory_limit)]
         try:
-            self.pid = _original("os", "posix_spawn")(argv[0], argv, os.environ,
-                                      file_actions=[(os.POSIX_SPAWN_DUP2, to_r, 0),
-                                                    (os.POSIX_SPAWN_DUP2, from_w, 1)],
-                                      setsigdef=(signal.SIGPIPE,))
+            self.pid = _spawn([*self.command, str(self.memory_limit)], to_r, from_w, 2)
+        except OSError:
+            _close_quietly(to_w)
+            _close_quietly(from_r)
+            raise
         finally:
             _close_quietly(to_r)
             _close_quietly(from_w)
@@ -235,19 +243,18 @@ def _child_main(argv: list[str]) -> int:
         (size,) = _HEADER.unpack(header)
         paths, root, policy, limits = pickle.loads(stdin.read(size))
         context = TrustContext(Path(root), policy)
-        gc.disable()  # parsing allocates millions of objects and frees none of them early
-        try:
-            for path in paths:
-                try:
-                    result = load_file(path, context, limits)
-                except MemoryError:
-                    send(("file", path, LoadResult(None, (), (file_error(
-                        path, f"parsing it needs more than the {limit >> 20} MiB memory "
-                              "budget: refused"),), rejected=True)))
-                    return 3  # a process that ran out of memory is not reused
-                send(("file", path, result))
-        finally:
-            gc.enable()
+        for path in paths:
+            gc.disable()  # one parse allocates millions of objects and frees none early
+            try:
+                result = load_file(path, context, limits)
+            except MemoryError:
+                send(("file", path, LoadResult(None, (), (file_error(
+                    path, f"parsing it needs more than the {limit >> 20} MiB memory "
+                          "budget: refused"),), rejected=True)))
+                return 3  # a process that ran out of memory is not reused
+            finally:
+                gc.enable()
+            send(("file", path, result))
         send(("done",))
 
 

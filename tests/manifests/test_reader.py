@@ -166,3 +166,10 @@ def test_the_size_cap_is_checked_before_reading(tmp_path):
     path = write(root / "big.yaml", "x" * 2000)
     with pytest.raises(ReadRefused, match="over the 1000-byte limit"):
         read_manifest(path, TrustContext(root, TrustPolicy()), 1000)
+
+
+def test_a_root_that_is_not_there_yet_is_no_problem(tmp_path):
+    """A ConfigMap mount or git-sync's first clone appears after boot: the missing root is
+    the catalog's root error (held by the guard), not an ownership problem at start."""
+    root = tree(tmp_path) / "later"
+    assert TrustContext(root, SECURE).root_problems(root) == []

@@ -142,7 +142,7 @@ def test_endpoints_addresses() -> None:
 def test_kind_and_api_version() -> None:
     assert errors_of(mutate(SLICE, "apiVersion", "discovery.k8s.io/v1beta1")) == [
         ("apiVersion", "EndpointSlice must be apiVersion discovery.k8s.io/v1, got "
-                       "'discovery.k8s.io/v1beta1'")]
+                       '"discovery.k8s.io/v1beta1"')]
     assert errors_of({"apiVersion": "v1", "metadata": {"name": "x"}})[0][0] == "kind"
     obj, errors = validate_document("f.yaml", "0", {"apiVersion": "apps/v1", "kind": "Deployment",
                                                     "spec": "not even validated"})

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgeproxy.manifests.catalog import ManifestCatalog, load_in_process
+from edgeproxy.manifests.loading import LoadResult, file_error
 from edgeproxy.manifests.reader import TrustPolicy
 from edgeproxy.manifests.worker import ParseWorker
 from edgeproxy.model import LoadLimits
@@ -71,6 +72,59 @@ def test_a_file_over_the_memory_budget_costs_the_worker_only(tmp_path):
         assert [o.name for o in results[fine].objects] == ["ok"]
     finally:
         worker.close()
+
+
+# A child that, like the real one after a MemoryError, answers for every file it was given
+# and then exits with 3 instead of saying "done".
+_ANSWER_THEN_EXIT = r"""
+import pickle, sys
+from edgeproxy.manifests.loading import LoadResult, file_error
+from edgeproxy.manifests.worker import _HEADER
+size, = _HEADER.unpack(sys.stdin.buffer.read(_HEADER.size))
+paths = pickle.loads(sys.stdin.buffer.read(size))[0]
+for path in paths:
+    data = pickle.dumps(("file", path, LoadResult(None, (), (file_error(path, "over the memory "
+                         "budget"),), rejected=True)))
+    sys.stdout.buffer.write(_HEADER.pack(len(data)) + data)
+sys.stdout.buffer.flush()
+sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_a_child_that_answers_everything_then_dies_leaves_nothing_owed(tmp_path, count):
+    """After a MemoryError the child answers for its file and exits: when that file was the
+    last one, nothing is owed, and the parent must not look for a culprit (it raised
+    IndexError out of every sync while the file stayed)."""
+    worker = ParseWorker(command=[sys.executable, "-c", _ANSWER_THEN_EXIT])
+    try:
+        paths = [write(tmp_path / f"f{i}.yaml", "kind: Service\n") for i in range(count)]
+        results = worker.load(paths, tmp_path, TrustPolicy(), LoadLimits())
+        assert set(results) == set(paths)
+        assert all("memory" in str(r.errors[0]) for r in results.values())
+        assert worker.pid is None  # the dead child was let go; the next load starts one
+    finally:
+        worker.close()
+
+
+def test_a_refused_file_is_read_again_only_when_it_changes(tmp_path):
+    """A file the worker refused unread (its result has no stat key) is not parsed again on
+    every rescan: the catalog keeps the key it saw."""
+    calls = []
+
+    def loader(paths, root, policy, limits):
+        calls.extend(paths)
+        return {p: LoadResult(None, (), (file_error(p, "timed out"),), rejected=True)
+                for p in paths}
+
+    write(tmp_path / "slow.yaml", "kind: Service\n")
+    catalog = ManifestCatalog(tmp_path, loader=loader)
+    catalog.refresh()
+    catalog.refresh()
+    assert len(calls) == 1
+    write(tmp_path / "slow.yaml", "kind: Service\n# changed\n")
+    catalog.refresh()
+    assert len(calls) == 2
 
 
 def test_a_file_over_the_time_budget_is_refused_and_the_rest_loads(tmp_path):
