@@ -147,14 +147,10 @@ def default_factories(config: DaemonConfig) -> dict[str, Callable[[], Any]]:
     """The real pieces; tests pass fakes that follow the same interfaces."""
 
     def computer():
-        import os
-
         from edgeproxy.daemon.compute import StateComputer
-        from edgeproxy.manifests.reader import TrustPolicy
+        from edgeproxy.manifests.reader import trust_policy
 
-        policy = TrustPolicy(
-            trusted_roots=tuple(Path(p) for p in config.trusted_manifest_roots),
-            require_root_owned=os.geteuid() == 0 and not config.allow_insecure_manifests)
+        policy = trust_policy(config.trusted_manifest_roots, config.allow_insecure_manifests)
         return StateComputer(config.manifests, FilterMode(config.service_filter_mode), policy,
                              service_cidr=config.service_cidr, zone=zone_settings(config))
 
@@ -338,7 +334,7 @@ class Daemon:
             self.last_computed = computed
             if computed.retry:
                 self._retry_soon(set(computed.retry))
-            self._apply(computed)
+            applied = self._apply(computed)
         except Exception:
             # Retry everything that was pending: the runner backs off and calls us again.
             self._full_rescan = self._full_rescan or full
@@ -351,7 +347,8 @@ class Daemon:
             self.last_phases = dict(self._phases)
         if self.queued_since == queued_at:
             self.queued_since = None
-        self.last_applied_wall = time.time()
+        if applied:  # a held sync applied nothing: "last updated" stays what it was
+            self.last_applied_wall = time.time()
         self._notify_status()
 
     def _retry_soon(self, paths: set[Path]) -> None:
@@ -373,7 +370,8 @@ class Daemon:
         self._phases[name] = round(now - since, 3)
         return now
 
-    def _apply(self, computed: Computation) -> None:
+    def _apply(self, computed: Computation) -> bool:
+        """Serve ``computed`` unless the guard holds it; False when held."""
         new = computed.state
         confirmed = self.confirm_requested
         decision = guard.evaluate(self.applied.ports, new.ports, self.config.max_removal_ratio,
@@ -385,7 +383,7 @@ class Daemon:
                           "mass removal held; serving the last good state until confirmed "
                           "(edgeproxy confirm-removal)", reason=decision.reason)
             self.held = decision
-            return
+            return False
         if self.held is not None and not confirmed:
             log_event(log, logging.INFO, "mass-removal hold cleared: the manifests recovered")
         self.held = None
@@ -395,7 +393,7 @@ class Daemon:
         if new == old and not self._force_apply and self.proxy_ports:
             self.applied = new  # same services, maybe new verdicts/errors for status
             self._sync_routes(new)  # cheap unless a periodic routing recheck is due
-            return
+            return True
         force, self._force_apply = self._force_apply, False
         t = time.monotonic()
         union = {**old.ports, **new.ports}
@@ -417,6 +415,7 @@ class Daemon:
         log_event(log, logging.INFO, "sync applied", ports=len(new.ports), added=added,
                   removed=removed, errors=len(new.errors), forced=force or None,
                   **{f"{name}_s": took for name, took in self._phases.items()})
+        return True
 
     def _follow(self, computed: Computation) -> None:
         """What a sync that is applied changes besides rules and listeners: the DNS zone

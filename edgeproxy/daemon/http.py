@@ -3,8 +3,8 @@
 healthz server: ``/livez`` (200 while the process answers), ``/healthz`` (kube-proxy's JSON
 ``{"lastUpdated", "currentTime", "nodeEligible"}`` plus ``"problems"``; 503 while captured traffic cannot be served as the manifests say: a
 change waiting more than twice --iptables-sync-period, the listen interface or an address
-gone, a listener closed, rules that could not be applied), ``/readyz`` (200 once the first
-sync was applied and everything started, and nothing of /healthz's list is wrong), ``/status`` (JSON for
+gone, a listener closed, rules that could not be applied), ``/readyz`` (200 once started,
+the first sync attempted, and nothing of /healthz's list is wrong), ``/status`` (JSON for
 `edgeproxy status`), ``POST /confirm-removal`` (apply a held mass removal).
 metrics server: ``/metrics`` (prometheus-client's WSGI app: text or OpenMetrics, gzip).
 """

@@ -64,3 +64,24 @@ def acquire(state_dir: Path) -> InstanceLock:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return InstanceLock(fd, path)
+
+
+def running_instance(state_dir: Path) -> int | None:
+    """The PID of the edgeproxy that holds this node's lock (0 if unknown), None when none
+    runs. Creates nothing: for commands that must not act under a running daemon."""
+    path = Path(state_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                return int(holder) if holder.isdigit() else 0
+            return None
+        return None
+    finally:
+        os.close(fd)

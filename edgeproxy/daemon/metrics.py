@@ -40,6 +40,10 @@ def _build_info() -> InfoMetricFamily:
     return info
 
 
+MAX_ERROR_FILES = 50  # files with their own edgeproxy_manifest_errors series
+OTHER_FILES = "(other files)"
+
+
 class DaemonCollector(Collector):
     def __init__(self, daemon: DaemonView) -> None:
         self.daemon = daemon
@@ -102,12 +106,19 @@ class DaemonCollector(Collector):
                                         if v.verdict.value == "skip" and v.reason).items()):
             skipped.add_metric([reason], n)
         yield skipped
-        errors = GaugeMetricFamily("edgeproxy_manifest_errors",
-                                   "Manifest errors currently reported, by file", labels=["file"])
+        errors = GaugeMetricFamily(
+            "edgeproxy_manifest_errors",
+            f"Manifest errors currently reported, by file (the {MAX_ERROR_FILES} files with "
+            f"most; the rest summed as file=\"{OTHER_FILES}\")", labels=["file"])
         computed = d.last_computed
-        for file, n in sorted(Counter(e.file for e in (computed.errors if computed else ())
-                                      ).items()):
+        by_file = Counter(e.file for e in (computed.errors if computed else ()))
+        # Bounded: a tree of 100,000 broken files must not become 100,000 series.
+        top = sorted(by_file.items(), key=lambda kv: (-kv[1], kv[0]))
+        for file, n in sorted(top[:MAX_ERROR_FILES]):
             errors.add_metric([file], n)
+        rest = sum(n for _, n in top[MAX_ERROR_FILES:])
+        if rest:
+            errors.add_metric([OTHER_FILES], rest)
         yield errors
 
     def _rules(self) -> Iterator:

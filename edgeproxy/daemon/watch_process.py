@@ -39,20 +39,22 @@ MAX_QUEUED = 10_000  # more paths than this between two writes: rescan everythin
 BATCH_WINDOW = 0.01  # seconds: events of one burst (a mirror writing 50 files) share a line
 
 
-def _hidden(path: Path, root: Path) -> bool:
+def _hidden_parts(path: Path, root: Path) -> tuple[str, ...]:
     try:
         parts = path.relative_to(root).parts
     except ValueError:
-        return False
-    return any(part.startswith(".") for part in parts)
+        return ()
+    return tuple(part for part in parts if part.startswith("."))
 
 
 def classify(raw: Iterable[str], root: Path, target: Path | None) -> tuple[str | None, set[Path]]:
     """What a batch of watchdog paths means: ``(reason for a full rescan or None, changed)``.
 
     ``""`` in ``raw`` marks a directory event (moved or created: rescan). The root itself or its
-    link changing, and any hidden entry (a ConfigMap volume's ``..data`` swap changes what every
-    visible symlink points to) mean a rescan; siblings of the root in its parent are not ours.
+    link changing, and a ``..`` entry (a ConfigMap volume's ``..data`` swap changes what every
+    visible symlink points to) mean a rescan. Other hidden entries are a writer's temporaries
+    (rsync's ``.name.XXXXXX``, ``.name.tmp``): never read, and the rename that publishes one
+    names its visible destination too. Siblings of the root in its parent are not ours.
     Changed paths are mapped back under ``root`` as configured."""
     reason: str | None = None
     changed: set[Path] = set()
@@ -63,10 +65,13 @@ def classify(raw: Iterable[str], root: Path, target: Path | None) -> tuple[str |
         path = Path(text)
         if path == root or (path.parent == root.parent and path.name == root.name):
             reason = "root replaced"
-        elif target is not None and (path == target or _hidden(path, target)):
-            reason = reason or "hidden entry changed"
-        elif target is not None and path.parent == root.parent:
+        elif path.parent == root.parent:
             continue  # a sibling of the root in the parent directory
+        elif target is not None and path == target:
+            reason = reason or "root target changed"
+        elif target is not None and (hidden := _hidden_parts(path, target)):
+            if any(part.startswith("..") for part in hidden):
+                reason = reason or "hidden entry changed"
         else:
             changed.add(_visible(path, root, target))
     return reason, changed
@@ -135,10 +140,11 @@ class WatchProcess:
                     paths.append(os.fsdecode(event.dest_path))
                 if event.is_directory:
                     paths.append("")
-                # A writer at work: modified (or created) and not closed yet. inotify's
-                # IN_CLOSE_WRITE ("closed") or a rename ends it.
-                writing = (not event.is_directory
-                           and event.event_type in ("modified", "created"))
+                # A writer at work: written to and not closed yet. inotify's IN_CLOSE_WRITE
+                # ("closed") or a rename ends it. Not "created": a file renamed in from
+                # elsewhere (kubectl get > /tmp/x && mv /tmp/x /etc/edgeproxy/), a symlink
+                # or a hard link is created complete, and no close follows.
+                writing = not event.is_directory and event.event_type == "modified"
                 process.enqueue(paths, writing)
 
         return Handler()

@@ -45,7 +45,9 @@ class DirectoryWatcher:
                  command: list[str] | None = None) -> None:
         self.root = Path(root).absolute()
         self.on_change = on_change
-        self.command = command or [sys.executable, "-m", "edgeproxy.daemon.watch_process"]
+        # -P: the current directory is not put on sys.path (the daemon may be started from
+        # anywhere, as root: nothing found there may run in the watcher).
+        self.command = command or [sys.executable, "-P", "-m", "edgeproxy.daemon.watch_process"]
         self.events_total = 0     # changed paths and rescans received
         self.restarts_total = 0   # children started after the first
         self.target: Path | None = None

@@ -318,3 +318,16 @@ def test_the_dns_zone_follows_the_manifests_in_the_same_sync_and_only_when_appli
     daemon.computer.next = Computed(state("a"), None, 1, zone=held_zone)
     daemon.sync()
     assert daemon.held is not None and daemon.dns.zones[-1] is zone
+
+
+def test_manifest_error_series_are_bounded(daemon):
+    from edgeproxy.daemon.metrics import MAX_ERROR_FILES, OTHER_FILES
+
+    errors = tuple(ManifestError(f"f{i:03d}.yaml", None, None, None, None, "", "bad")
+                   for i in range(MAX_ERROR_FILES + 10) for _ in range(1 + (i < 5)))
+    daemon.last_computed = Computed(state("a"), None, 1, errors=errors)
+    body = _call(metrics_app(daemon), "/metrics")[1]
+    series = [line for line in body.splitlines() if line.startswith("edgeproxy_manifest_errors{")]
+    assert len(series) == MAX_ERROR_FILES + 1
+    assert f'edgeproxy_manifest_errors{{file="{OTHER_FILES}"}} 10.0' in body
+    assert 'edgeproxy_manifest_errors{file="f000.yaml"} 2.0' in body  # the worst are kept

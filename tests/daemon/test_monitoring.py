@@ -18,7 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "monitoring"
 PROMTOOL = shutil.which("promtool")
 _NAME = re.compile(r"\b((?:edgeproxy|process|python)_[a-z_]+)")
-_SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created", "_info")
+# The sample names each metric type exposes beside (or instead of) its family name.
+_SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum",
+                                                            "_created"),
+             "summary": ("_count", "_sum", "_created"), "info": ("_info",), "gauge": ()}
 
 
 def _exported(daemon) -> set[str]:
@@ -32,9 +35,9 @@ def _exported(daemon) -> set[str]:
     names = set()
     for line in body.splitlines():
         if line.startswith("# TYPE "):
-            family = line.split()[2]
+            _, _, family, kind = line.split()
             names.add(family)
-            names.update(family + suffix for suffix in _SUFFIXES)
+            names.update(family + suffix for suffix in _SUFFIXES.get(kind, ()))
         elif line and not line.startswith("#"):
             names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
     return names

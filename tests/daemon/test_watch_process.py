@@ -32,3 +32,16 @@ def test_hidden_entries_and_directory_events_mean_rescan():
 
 def test_siblings_of_the_root_are_not_ours():
     assert classify(["/srv/other.yaml", "/srv/rev-1"], ROOT, TARGET) == (None, set())
+
+
+def test_a_writers_hidden_temporary_is_ignored_and_its_rename_is_a_change():
+    """rsync and kubectl-style mirrors write .name.XXXXXX then rename: no full rescan."""
+    reason, changed = classify(["/srv/rev-2/.web.yaml.Ab12Cd"], ROOT, TARGET)
+    assert (reason, changed) == (None, set())
+    reason, changed = classify(["/srv/rev-2/.web.yaml.Ab12Cd", "/srv/rev-2/web.yaml"], ROOT,
+                               TARGET)
+    assert (reason, changed) == (None, {ROOT / "web.yaml"})
+
+
+def test_while_the_root_is_missing_its_siblings_are_still_not_ours():
+    assert classify(["/srv/other.yaml"], ROOT, None) == (None, set())
