@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -86,7 +85,6 @@ def parse_lock(text: str) -> list[Requirement]:
 
 
 def target_environment(python: str, arch: str) -> dict[str, str]:
-    major, minor = python.split(".")
     return {"python_version": python, "python_full_version": f"{python}.0",
             "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
             "platform_machine": arch, "platform_python_implementation": "CPython",
@@ -135,8 +133,42 @@ def pip(*args: str) -> None:
                     *args], check=True, env=env)
 
 
-def build_wheel(into: Path) -> Path:
-    pip("wheel", "-q", "--no-deps", "--no-build-isolation", "--wheel-dir", str(into), str(REPO))
+def export_tree(into: Path, allow_dirty: bool) -> str:
+    """The files git tracks, into ``into`` (never the checkout's own build/ leftovers, nor
+    untracked files); returns the commit the wheel will name. A tree with uncommitted changes
+    is refused unless ``allow_dirty`` (then its tracked files as they are, "-dirty")."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], check=True, capture_output=True,
+                              text=True).stdout
+
+    commit = git("rev-parse", "HEAD").strip()
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    if dirty and not allow_dirty:
+        raise SystemExit("build-bundle: the checkout has uncommitted changes; commit them, or "
+                         "pass --allow-dirty for a bundle of the tree as it is")
+    files = [f for f in git("ls-files", "-z").split("\0") if f]
+    into.mkdir(parents=True)
+    with tempfile.TemporaryFile() as archive:
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            for name in files:
+                if os.path.lexists(REPO / name):  # a tracked file deleted in a dirty tree
+                    tar.add(REPO / name, arcname=name, recursive=False)
+        archive.seek(0)
+        with tarfile.open(fileobj=archive) as tar:
+            tar.extractall(into, filter="tar")
+    return commit + ("-dirty" if dirty else "")
+
+
+def build_wheel(into: Path, allow_dirty: bool) -> Path:
+    with tempfile.TemporaryDirectory(prefix="edgeproxy-src-") as scratch:
+        source = Path(scratch) / "src"
+        commit = export_tree(source, allow_dirty)
+        # An explicit EDGEPROXY_BUILD_COMMIT wins (a release pipeline naming its own source).
+        commit = os.environ.get("EDGEPROXY_BUILD_COMMIT") or commit
+        env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "EDGEPROXY_BUILD_COMMIT": commit}
+        subprocess.run([sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check",
+                        "wheel", "-q", "--no-deps", "--no-build-isolation", "--wheel-dir",
+                        str(into), str(source)], check=True, env=env)
     wheels = list(into.glob("edgeproxy-*.whl"))
     if len(wheels) != 1:
         raise SystemExit(f"build-bundle: expected one edgeproxy wheel, found {wheels}")
@@ -157,15 +189,18 @@ def download(requirements: list[Requirement], python: str, arch: str, into: Path
 
 
 def wheel_commit(wheel: Path) -> str:
+    import ast
     import zipfile
 
     with zipfile.ZipFile(wheel) as archive:
-        text = archive.read("edgeproxy/_build_commit.py").decode()
-    match = re.search(r"COMMIT = '([^']*)'", text)
-    return match.group(1) if match else "unknown"
+        tree = ast.parse(archive.read("edgeproxy/_build_commit.py").decode())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "COMMIT":
+            return str(ast.literal_eval(node.value))
+    return "unknown"
 
 
-def build(arch: str, python: str, out: Path) -> Path:
+def build(arch: str, python: str, out: Path, allow_dirty: bool = False) -> Path:
     from edgeproxy import __version__
 
     runtime_lock = (REPO / "locks" / "runtime.txt").read_text()
@@ -177,7 +212,7 @@ def build(arch: str, python: str, out: Path) -> Path:
         top = Path(scratch) / name
         wheels = top / "wheels"
         wheels.mkdir(parents=True)
-        own = build_wheel(wheels)
+        own = build_wheel(wheels, allow_dirty)
         download(deps + pip_entry, python, arch, wheels)
         for wheel in sorted(wheels.glob("*.whl")):
             check_wheel(wheel, python, arch)
@@ -241,8 +276,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="CPython version of the target nodes (default: this one)")
     parser.add_argument("--out", type=Path, default=REPO / "dist",
                         help="directory for the archive (default: dist/)")
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="bundle the tracked files as they are, uncommitted changes included "
+                             "(the commit is marked -dirty)")
     args = parser.parse_args(argv)
-    print(build(args.arch, args.python, args.out))
+    print(build(args.arch, args.python, args.out, args.allow_dirty))
     return 0
 
 

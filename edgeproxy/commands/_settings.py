@@ -29,6 +29,11 @@ def add_config_options(parser: argparse.ArgumentParser, dests: Iterable[str]) ->
                              "given as flags are taken from it")
     for dest in dests:
         option = OPTIONS_BY_DEST[dest]
+        if option.is_bool:
+            parser.add_argument(option.flag, dest=dest, default=None,
+                                action=argparse.BooleanOptionalAction,
+                                help=f"{option.help} [config: {option.key}]")
+            continue
         parser.add_argument(option.flag, dest=dest, default=None, metavar=option.metavar,
                             choices=option.choices,
                             help=f"{option.help} [config: {option.key}]")

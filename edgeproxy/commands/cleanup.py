@@ -22,17 +22,28 @@ def register(subparsers) -> None:
     p.add_argument("--iptables-backend", default="all", choices=CHOICES,
                    help="which backend to clean (default all: whatever the config says, rules "
                         "a run with another backend left behind go too)")
-    add_config_options(p, ["listen_interface"])
+    add_config_options(p, ["listen_interface", "state_dir"])
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from edgeproxy.commands._settings import resolve
+    from edgeproxy.daemon.instance import running_instance
     from edgeproxy.forwarding.listen import remove_interface
     from edgeproxy.model import ListenAddresses
     from edgeproxy.rules.cleanup import cleanup_all
 
     settings = resolve(args, "cleanup")
+    pid = running_instance(settings["state_dir"])
+    if pid is not None:
+        # It would put its rules and interface back within a second; cleaning under it only
+        # drops traffic for that second.
+        print(f"edgeproxy cleanup: edgeproxy{f' (PID {pid})' if pid else ''} is running on this "
+              "node; stop it first (systemctl stop edgeproxy): it removes its rules itself",
+              file=sys.stderr)
+        return 1
     report = cleanup_all(args.iptables_backend)
     removed = list(report.removed)
     interface = settings["listen_interface"]

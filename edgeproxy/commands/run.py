@@ -58,13 +58,9 @@ def run(args: argparse.Namespace) -> int:
     if os.geteuid() == 0 and not config.allow_insecure_manifests:
         # Files and directories inside are checked on every read (a bad one is refused alone,
         # edgeproxy/manifests/reader.py); a root whoever can rename or write is fatal.
-        from pathlib import Path
+        from edgeproxy.manifests.reader import TrustContext, trust_policy
 
-        from edgeproxy.manifests.reader import TrustContext, TrustPolicy
-
-        context = TrustContext(config.manifests, TrustPolicy(
-            trusted_roots=tuple(Path(p) for p in config.trusted_manifest_roots),
-            require_root_owned=True))
+        context = TrustContext(config.manifests, trust_policy(config.trusted_manifest_roots))
         problems = context.root_problems(config.manifests)
         if problems:
             for line in problems:

@@ -20,8 +20,8 @@ def register(subparsers) -> None:
                     "verdict for every Service. Exit 0 when all documents are valid, 1 otherwise.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="manifest file or directory")
     add_output_option(p)
-    add_config_options(p, ["service_filter_mode", "trusted_manifest_roots",
-                               "service_cidr"])
+    add_config_options(p, ["service_filter_mode", "trusted_manifest_roots", "service_cidr",
+                           "allow_insecure_manifests"])
     p.set_defaults(func=run)
 
 
@@ -32,14 +32,16 @@ def run(args: argparse.Namespace) -> int:
 
     from edgeproxy.commands._settings import dump, resolve
     from edgeproxy.manifests import load_objects
+    from edgeproxy.manifests.reader import trust_policy
     from edgeproxy.model import FilterMode
     from edgeproxy.state import build_state
-
     from edgeproxy.state.allocation import ServiceCIDRs, assign
 
     settings = resolve(args, "validate")
-    objects, errors = load_objects([Path(p) for p in args.paths],
-                                   trusted_roots=settings["trusted_manifest_roots"])
+    # What the daemon would read: as root, the same ownership rule (manifests/reader.py).
+    policy = trust_policy(settings["trusted_manifest_roots"],
+                          settings["allow_insecure_manifests"])
+    objects, errors = load_objects([Path(p) for p in args.paths], policy=policy)
     mode = FilterMode(settings["service_filter_mode"])
     objects, allocation = assign(objects, ServiceCIDRs.parse(settings["service_cidr"]), mode)
     state = build_state(objects, mode, errors)

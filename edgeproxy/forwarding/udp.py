@@ -218,8 +218,8 @@ class UdpService:
     def _close(self, session: Session) -> None:
         if self.sessions.get(session.client) is session:
             del self.sessions[session.client]
+            self.budget.give(1)  # once per session, however often it is closed
         session.close()
-        self.budget.give(1)
         self.stats.udp_sessions = len(self.sessions)
 
     # -- the descriptor budget's view ----------------------------------------------------------

@@ -49,3 +49,22 @@ def test_cleanup_of_one_backend_leaves_the_others(netns):
     out = _cleanup(netns, "--iptables-backend", "nftables")
     assert out.returncode == 0 and "nftables table ip edgeproxy" in out.stdout
     assert "KUBE-PORTALS-CONTAINER" in dump(netns, "nft")
+
+
+def test_cleanup_refuses_while_a_daemon_holds_the_node(tmp_path):
+    """A running daemon would put its rules and interface back within a second: cleaning
+    under it only drops traffic. The instance lock says one runs."""
+    import os
+    import subprocess
+    import sys
+
+    from edgeproxy.daemon.instance import acquire
+
+    lock = acquire(tmp_path)
+    try:
+        result = subprocess.run([sys.executable, "-m", "edgeproxy", "cleanup", "--state-dir",
+                                 str(tmp_path)], capture_output=True, text=True, timeout=30)
+    finally:
+        lock.release()
+    assert result.returncode == 1
+    assert f"PID {os.getpid()}" in result.stderr and "stop it first" in result.stderr

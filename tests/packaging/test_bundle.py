@@ -41,8 +41,10 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 
 def build_bundle(arch: str, python: str, out: Path, **env: str) -> Path:
+    # --allow-dirty: the suite also runs on a checkout with uncommitted work (CI's clone is
+    # clean, and the bundle is then exactly HEAD).
     result = subprocess.run([str(REPO / "scripts" / "build-bundle"), "--arch", arch,
-                             "--python", python, "--out", str(out)],
+                             "--python", python, "--out", str(out), "--allow-dirty"],
                             capture_output=True, text=True, timeout=600,
                             env={**os.environ, **env})
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
@@ -120,6 +122,16 @@ def test_bundle_contents_and_metadata(bundle):
     wheels = {parse_wheel_filename(w.name)[0] for w in (bundle / "wheels").glob("*.whl")}
     assert "edgeproxy" in wheels and "gevent" in wheels and "pip" in wheels
     assert "python-iptables" not in wheels  # nothing on a node compiles C
+    # The wheel holds the tracked modules and nothing else (no stale build/ leftovers).
+    import zipfile
+
+    (own,) = (bundle / "wheels").glob("edgeproxy-*.whl")
+    shipped = {n for n in zipfile.ZipFile(own).namelist()
+               if n.startswith("edgeproxy/") and n.endswith(".py")} - {"edgeproxy/_build_commit.py"}
+    tracked = set(subprocess.run(["git", "-C", str(REPO), "ls-files", "edgeproxy/*.py",
+                                  "edgeproxy/**/*.py"], capture_output=True, text=True,
+                                 check=True).stdout.split())
+    assert shipped == tracked, (shipped ^ tracked)
     assert (bundle / "edgeproxy.service").read_text() == (REPO / "edgeproxy.service").read_text()
 
 
@@ -210,6 +222,10 @@ def test_install_upgrade_uninstall_with_root(bundle, netns, tmp_path, tmp_path_f
     upgraded = install(newer)
     assert "current release" in upgraded and os.readlink(current) != old_release
     assert (opt / old_release).is_dir()  # the previous release stays for a rollback
+    assert os.readlink(opt / "previous") == old_release
+    again = install(newer)  # the same newer bundle again: still nothing lost
+    assert "already installed" in again and (opt / old_release).is_dir()
+    assert os.readlink(opt / "previous") == old_release
     assert config.read_text().endswith("# edited by the operator\n")
     assert (manifests / "mine.yaml").is_file()
     version = subprocess.run([str(current / "bin" / "edgeproxy"), "--version"],
@@ -217,16 +233,36 @@ def test_install_upgrade_uninstall_with_root(bundle, netns, tmp_path, tmp_path_f
     assert "f" * 40 in version.stdout
 
     # Uninstall keeps manifests and config; --purge removes them too.
-    removed = netns.run([str(opt / "uninstall.sh"), "--root", str(root)], check=False)
+    # --cleanup: with --root it cleans this test's own namespace only when asked.
+    removed = netns.run([str(opt / "uninstall.sh"), "--root", str(root), "--cleanup"],
+                        check=False)
     assert removed.returncode == 0, removed.stdout + removed.stderr
     assert not opt.exists() and not (root / "usr/local/bin/edgeproxy").is_symlink()
     assert not (root / "etc/systemd/system/edgeproxy.service").exists()
     assert config.is_file() and (manifests / "mine.yaml").is_file()
+    dropin = root / "etc/systemd/system/edgeproxy.service.d"
+    dropin.mkdir(parents=True)
+    (dropin / "local.conf").write_text("[Service]\nEnvironment=X=1\n")
+    install(bundle)
+    kept = netns.run([str(opt / "uninstall.sh"), "--root", str(root)], check=False)
+    assert kept.returncode == 0 and (dropin / "local.conf").is_file()  # the operator's
     install(bundle)
     purged = netns.run([str(opt / "uninstall.sh"), "--root", str(root), "--purge"],
                        check=False)
     assert purged.returncode == 0, purged.stdout + purged.stderr
-    assert not config.exists() and not manifests.exists()
+    assert not config.exists() and not manifests.exists() and not dropin.exists()
+
+
+def test_install_refuses_a_damaged_bundle(bundle, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(bundle, damaged, symlinks=True)
+    wheel = next((damaged / "wheels").glob("gevent-*.whl"))
+    wheel.write_bytes(wheel.read_bytes()[:-100])  # a truncated copy
+    result = subprocess.run([str(damaged / "install.sh"), "--root", str(tmp_path / "node"),
+                             "--python", sys.executable], capture_output=True, text=True,
+                            env=_clean_env())
+    assert result.returncode == 1 and "damaged" in result.stderr, result.stderr
+    assert not (tmp_path / "node" / "opt").exists()
 
 
 def test_install_refuses_a_bundle_for_another_python(bundle, tmp_path):

@@ -18,6 +18,7 @@ import pytest
 
 from tests.packaging.test_bundle import REPO, build_bundle, unpack
 from tests.support import machine as machine_module
+from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -77,16 +78,6 @@ def messages(m) -> list[str]:
     return [str(e.get("MESSAGE", "")) for e in journal(m)]
 
 
-def wait_for(predicate, timeout: float, what: str, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def served(m) -> bool:
     return m.run(["python3", "-c", GET], check=False).stdout.strip() == "hello-from-the-pod"
 
@@ -99,8 +90,8 @@ def test_install_starts_the_service_only_after_ready(node):
     m = node
     m.path("/etc/edgeproxy").mkdir(parents=True, exist_ok=True)
     (m.path("/etc/edgeproxy") / "web.yaml").write_text(WEB)
-    # --system-site-packages: Debian's python3-systemd (in the container) gives journal fields.
-    result = m.run(["/root/bundle/install.sh", "--system-site-packages"], timeout=180)
+    # --journal-fields: Debian's python3-systemd (in the container) gives journal fields.
+    result = m.run(["/root/bundle/install.sh", "--journal-fields"], timeout=180)
     assert "edgeproxy started" in result.stdout, result.stdout + result.stderr
     assert m.unit_property(UNIT, "ActiveState") == "active"
     assert m.unit_property(UNIT, "UnitFileState") == "enabled"
@@ -124,7 +115,6 @@ def test_install_starts_the_service_only_after_ready(node):
 def test_hardening_leaves_every_feature_working(node):
     m = node
     # The sandbox's holes are used: the sysctl we own was written, the xtables lock reached.
-    assert m.path("/proc").exists()
     reserved = m.run(["cat", "/proc/sys/net/ipv4/ip_local_reserved_ports"]).stdout
     assert "61000-64999" in reserved
     assert "KUBE-PORTALS-HOST" in m.run(["iptables-nft-save", "-t", "nat"]).stdout

@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -30,7 +31,16 @@ SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "iproute2", "iptables", "nftables", "python3",
             "conntrack", "python3-systemd")
-CGROUP_HIERARCHIES = ("systemd", "unified")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_hierarchies() -> tuple[Path, ...]:
+    """Where nspawn's cgroup of ours goes: the unified hierarchy itself on a cgroup2-only
+    host, the named systemd and the unified one on a hybrid host (this one)."""
+    if (CGROUP_ROOT / "cgroup.controllers").exists():
+        return (CGROUP_ROOT,)
+    return tuple(CGROUP_ROOT / name for name in ("systemd", "unified")
+                 if (CGROUP_ROOT / name).is_dir())
 
 
 def unavailable_reason() -> str | None:
@@ -39,8 +49,8 @@ def unavailable_reason() -> str | None:
     for tool in ("systemd-nspawn", "debootstrap", "nsenter"):
         if shutil.which(tool) is None:
             return f"{tool} not installed (scripts/bootstrap installs it)"
-    if not Path("/sys/fs/cgroup").is_dir():
-        return "no /sys/fs/cgroup"
+    if not cgroup_hierarchies():
+        return "no cgroup hierarchy under /sys/fs/cgroup"
     return None
 
 
@@ -83,14 +93,14 @@ class Machine:
     def boot(self, timeout: float = 60.0) -> "Machine":
         subprocess.run(["cp", "-a", "--reflink=auto", str(base_root()), str(self.root)],
                        check=True)
-        for hierarchy in CGROUP_HIERARCHIES:
-            (Path("/sys/fs/cgroup") / hierarchy / self.cgroup).mkdir(exist_ok=True)
-        enter = "; ".join(f"echo $$ > /sys/fs/cgroup/{h}/{self.cgroup}/cgroup.procs"
-                          for h in CGROUP_HIERARCHIES)
+        for hierarchy in cgroup_hierarchies():
+            (hierarchy / self.cgroup).mkdir(exist_ok=True)
+        enter = "; ".join(f"echo $$ > {shlex.quote(str(h / self.cgroup / 'cgroup.procs'))}"
+                          for h in cgroup_hierarchies())
         with open(self.console, "wb") as console:
             self.proc = subprocess.Popen(
-                ["sh", "-c", f"{enter}; exec systemd-nspawn -q -D {self.root} --boot "
-                             "--register=no --keep-unit --private-network"],
+                ["sh", "-c", f"{enter}; exec systemd-nspawn -q -D {shlex.quote(str(self.root))} "
+                             "--boot --register=no --keep-unit --private-network"],
                 stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
                 start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -128,8 +138,8 @@ class Machine:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _remove_cgroups(self) -> None:
-        for hierarchy in CGROUP_HIERARCHIES:
-            top = Path("/sys/fs/cgroup") / hierarchy / self.cgroup
+        for hierarchy in cgroup_hierarchies():
+            top = hierarchy / self.cgroup
             if not top.exists():
                 continue
             for directory in sorted((p for p in top.rglob("*") if p.is_dir()),
