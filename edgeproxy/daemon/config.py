@@ -51,6 +51,15 @@ class DaemonConfig:
     listen_address: str
     listen_address_v6: str
     listen_interface: str
+    node_name: str  # "" until build_config fills in the host name
+    zone: str
+    locality_aware: bool
+    outlier_consecutive_failures: int
+    outlier_base_ejection_time: float
+    outlier_max_ejection_time: float
+    health_probe_interval: float
+    health_probe_timeout: float
+    health_probe_concurrency: int
     config_file: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,6 +118,14 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return document
 
 
+def default_node_name() -> str:
+    """The host name, lowercased and trimmed: kube-proxy's default node name (and the
+    kubelet's, so EndpointSlices' nodeName says the same unless a name was overridden)."""
+    import socket
+
+    return socket.gethostname().strip().lower()
+
+
 def _inside(child: Path, parent: Path) -> bool:
     try:
         child.relative_to(parent)
@@ -136,6 +153,14 @@ def build_config(args: argparse.Namespace | Mapping[str, Any]) -> DaemonConfig:
         except OptionError as exc:
             raise ConfigError(str(exc)) from None
     values["manifests"] = Path(values["manifests"])
+    if not values["node_name"]:
+        values["node_name"] = default_node_name()
+    if values["outlier_base_ejection_time"] <= 0 or \
+            values["outlier_max_ejection_time"] < values["outlier_base_ejection_time"]:
+        raise ConfigError("--outlier-base-ejection-time must be greater than 0 and at most "
+                          "--outlier-max-ejection-time")
+    if values["health_probe_timeout"] <= 0:
+        raise ConfigError("--health-probe-timeout must be greater than 0")
     values["state_dir"] = Path(values["state_dir"])
     if values["min_sync_period"] > values["rescan_period"] > 0:
         raise ConfigError("--iptables-min-sync-period must not exceed --rescan-period")

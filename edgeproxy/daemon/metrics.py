@@ -116,9 +116,35 @@ class DaemonCollector(Collector):
         udp_evicted = CounterMetricFamily(
             "edgeproxy_udp_evicted", "Idlest UDP sessions closed to make room at the bound",
             labels=["service", "protocol"])
+        # Endpoint health (docs/endpoints.md): what passive ejection and the probes decided.
+        ejections = CounterMetricFamily(
+            "edgeproxy_endpoint_ejections", "Endpoints ejected after consecutive failed dials "
+            "(or ICMP errors for UDP)", labels=["service", "protocol"])
+        readmissions = CounterMetricFamily(
+            "edgeproxy_endpoint_readmissions", "Ejected endpoints back in service (a probe or "
+            "a dial answered, or the back-off ended)", labels=["service", "protocol"])
+        probes = CounterMetricFamily("edgeproxy_endpoint_probes",
+                                     "Connect probes of ejected endpoints, by result",
+                                     labels=["service", "protocol", "result"])
+        ejected = GaugeMetricFamily("edgeproxy_endpoints_ejected", "Endpoints ejected now",
+                                    labels=["service", "protocol"])
+        panic = GaugeMetricFamily("edgeproxy_endpoints_panic",
+                                  "1 while every endpoint is ejected and all are tried",
+                                  labels=["service", "protocol"])
+        refused = CounterMetricFamily(
+            "edgeproxy_no_local_endpoints_refused",
+            "Clients refused because a Local traffic policy has no endpoint on this node",
+            labels=["service", "protocol"])
         for key in sorted(stats):
             s = stats[key]
             labels = [key.comment, key.protocol.value]
+            ejections.add_metric(labels, s.endpoint_ejections_total)
+            readmissions.add_metric(labels, s.endpoint_readmissions_total)
+            probes.add_metric(labels + ["ok"], s.probes_total - s.probe_failures_total)
+            probes.add_metric(labels + ["failed"], s.probe_failures_total)
+            ejected.add_metric(labels, s.endpoints_ejected)
+            panic.add_metric(labels, s.panic)
+            refused.add_metric(labels, s.refused_no_local_total)
             active.add_metric(labels, s.active_connections)
             conns.add_metric(labels, s.connections_total)
             bytes_.add_metric(labels + ["in"], s.bytes_in)
@@ -129,6 +155,7 @@ class DaemonCollector(Collector):
                 udp_dropped.add_metric(labels, s.udp_dropped_total)
                 udp_evicted.add_metric(labels, s.udp_evicted_total)
         yield from (active, conns, bytes_, dials, udp, udp_dropped, udp_evicted)
+        yield from (ejections, readmissions, probes, ejected, panic, refused)
 
 
 def make_registry(daemon: DaemonView) -> CollectorRegistry:
