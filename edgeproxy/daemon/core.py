@@ -72,6 +72,10 @@ class Proxy(ProxyView, Protocol):
     def reconcile(self, ports: Mapping[ServicePortKey, ServicePort]
                   ) -> Mapping[ServicePortKey, int]: ...
 
+    @property
+    def second_ports(self) -> Mapping[ServicePortKey, int]:
+        """Ports of the second listeners (a port whose traffic policies need one)."""
+
     def sync_routes(self, vips: Iterable[str]) -> object: ...
 
     def stop(self, grace: float | None = None) -> None: ...
@@ -101,8 +105,9 @@ class Watcher(WatcherView, Protocol):
     def stop(self) -> None: ...
 
 
+# (ports, proxy ports, listen addresses, second listeners' ports) -> rules
 Renderer = Callable[[Mapping[ServicePortKey, ServicePort], Mapping[ServicePortKey, int],
-                     ListenAddresses], RuleSet]
+                     ListenAddresses, Mapping[ServicePortKey, int]], RuleSet]
 
 
 def listen_addresses(config: DaemonConfig) -> ListenAddresses:
@@ -376,8 +381,10 @@ class Daemon:
         union = {**old.ports, **new.ports}
         proxy_ports = self.proxy.reconcile(union)
         wanted = {k: v for k, v in proxy_ports.items() if k in new.ports}
+        second = {k: v for k, v in self.proxy.second_ports.items() if k in new.ports}
         t = self._phase("listen", t)
-        ruleset = gevent.get_hub().threadpool.apply(self.render, (new.ports, wanted, self.listen))
+        ruleset = gevent.get_hub().threadpool.apply(self.render,
+                                                    (new.ports, wanted, self.listen, second))
         t = self._phase("render", t)
         self.keeper.update(ruleset)
         t = self._phase("rules", t)

@@ -43,6 +43,7 @@ from edgeproxy.forwarding.ports import (
     PortExhaustedError,
     PortRange,
     reserve_ports,
+    second_listener_name,
 )
 from edgeproxy.forwarding.splice import PipePool
 from edgeproxy.forwarding.stats import EndpointReport, PortEndpointsReport, ServiceStats
@@ -121,6 +122,9 @@ class ProxyServer:
         self.repairs_total = 0  # data-path repairs (interface, addresses, listeners)
         self._services: dict[ServicePortKey, TcpService | UdpService] = {}
         self._ports: dict[ServicePortKey, int] = {}
+        # Second listeners (externalTrafficPolicy / internalTrafficPolicy need two endpoint
+        # sets on one port): their ports, for the rules.
+        self._second_ports: dict[ServicePortKey, int] = {}
         self._specs: dict[ServicePortKey, ServicePort] = {}
         self._draining: list[tuple[ServicePortKey, TcpService, float]] = []
         self._housekeeper: gevent.Greenlet | None = None
@@ -163,9 +167,12 @@ class ProxyServer:
         self.monitor.stop()
         for key in list(self._services):
             self.allocator.release(str(key))
+        for key in list(self._second_ports):
+            self.allocator.release(second_listener_name(key))
         self._save_ports()
         self._services.clear()
         self._ports.clear()
+        self._second_ports.clear()
         self._draining.clear()
         self.pipes.close()
         if self.manage_interface:
@@ -257,6 +264,24 @@ class ProxyServer:
             service = UdpService(str(key), Balancer(health=health), stats, self.udp_timeout,
                                  self.max_udp_sessions, budget=self.budget, health=health)
         self._apply_selection(key, service, sp)
+        try:
+            port, bound = self._allocate_bound(str(key), key.protocol, sp)
+        except BaseException:
+            self.monitor.forget(health)
+            self._selections.pop(key, None)
+            raise
+        for sock in bound:
+            service.add_listener(sock)
+        service.start()
+        self._services[key] = service
+        self._ports[key] = port
+        self._specs[key] = sp
+        log.info("%s: listening on port %d (%d endpoints)", key, port, len(sp.endpoints))
+        self._sync_second(key, service, sp)
+
+    def _allocate_bound(self, name: str, protocol: Protocol, sp: ServicePort
+                        ) -> tuple[int, list[_socket.socket]]:
+        """A proxy port for ``name`` bound on every family ``sp`` needs (stable: ports)."""
         families = self._families(sp)
         bound: list[_socket.socket] = []
 
@@ -264,7 +289,7 @@ class ProxyServer:
             socks: list[_socket.socket] = []
             try:
                 for family, addr in families:
-                    sock = self._bind(key.protocol, family, addr, port)
+                    sock = self._bind(protocol, family, addr, port)
                     socks.append(sock)
                     if port == 0:
                         port = sock.getsockname()[1]
@@ -277,19 +302,28 @@ class ProxyServer:
             bound.extend(socks)
             return port
 
-        try:
-            port = self.allocator.allocate(str(key), try_bind)
-        except BaseException:
-            self.monitor.forget(health)
-            self._selections.pop(key, None)
-            raise
-        for sock in bound:
-            service.add_listener(sock)
-        service.start()
-        self._services[key] = service
-        self._ports[key] = port
-        self._specs[key] = sp
-        log.info("%s: listening on port %d (%d endpoints)", key, port, len(sp.endpoints))
+        return self.allocator.allocate(name, try_bind), bound
+
+    def _sync_second(self, key: ServicePortKey, service: TcpService | UdpService,
+                     sp: ServicePort) -> None:
+        """Open the second listener a port's traffic policies need, or close it when they no
+        longer do (docs/endpoints.md); connections and sessions through it stay open."""
+        if sp.second_listener and key not in self._second_ports:
+            try:
+                port, bound = self._allocate_bound(second_listener_name(key), key.protocol, sp)
+            except (PortExhaustedError, OSError) as exc:
+                log.error("%s: cannot open the second listener for its external traffic "
+                          "policy: %s", key, exc)
+                return
+            for sock in bound:
+                service.add_listener(sock, second=True)
+            self._second_ports[key] = port
+            log.info("%s: second listener on port %d (external traffic, %s endpoints)", key,
+                     port, "Cluster" if sp.internal_policy_local else "Local")
+        elif not sp.second_listener and key in self._second_ports:
+            service.close_second()
+            self.allocator.release(second_listener_name(key))
+            del self._second_ports[key]
 
     def _families(self, sp: ServicePort) -> list[tuple[int, str]]:
         families = []
@@ -324,6 +358,7 @@ class ProxyServer:
             return
         self._apply_selection(key, service, sp)
         self._sync_families(key, service, sp)
+        self._sync_second(key, service, sp)
         self._specs[key] = sp
 
     def _sync_families(self, key: ServicePortKey, service: TcpService | UdpService,
@@ -331,19 +366,24 @@ class ProxyServer:
         """Open the listener of a family the service gained VIPs in (same proxy port), close
         the one of a family it lost its last VIP in: a listener with no VIP left behind it is
         only a way in that no rule leads to. Open TCP connections are not touched."""
-        port = self._ports[key]
         wanted = {family for family, _ in self._families(new)}
         # What is actually listening, not what the old spec asked for: a bind that failed
         # last time is retried on the next change.
         had = {sock.family for sock, _ in service.listeners}
-        for family, addr in self._families(new):
-            if family in had:
-                continue
-            try:
-                service.add_listener(self._bind(key.protocol, family, addr, port))
-            except OSError as exc:
-                log.error("%s: cannot add %s listener on port %d: %s", key,
-                          "IPv6" if family == _socket.AF_INET6 else "IPv4", port, exc)
+        roles = [(self._ports[key], False)]
+        if key in self._second_ports:
+            roles.append((self._second_ports[key], True))
+        for port, second in roles:
+            have = {sock.family for sock, _ in service.listeners
+                    if (sock in service.second_socks) == second}
+            for family, addr in self._families(new):
+                if family in have:
+                    continue
+                try:
+                    service.add_listener(self._bind(key.protocol, family, addr, port), second)
+                except OSError as exc:
+                    log.error("%s: cannot add %s listener on port %d: %s", key,
+                              "IPv6" if family == _socket.AF_INET6 else "IPv4", port, exc)
         for family in had - wanted:
             if service.close_family(family):
                 log.info("%s: no %s VIP left, closed that listener", key,
@@ -354,6 +394,8 @@ class ProxyServer:
         self._ports.pop(key, None)
         self._specs.pop(key, None)
         self._selections.pop(key, None)
+        if self._second_ports.pop(key, None) is not None:
+            self.allocator.release(second_listener_name(key))
         self.monitor.forget(service.health)
         self.allocator.release(str(key))
         service.close_listeners()
@@ -377,10 +419,14 @@ class ProxyServer:
             sp = self._specs.get(key)
             if sp is None:
                 continue
-            have = {sock.family for sock, _ in service.listeners if sock.fileno() >= 0}
-            for family, _ in self._families(sp):
-                if family not in have:
-                    missing.append((key, "IPv6" if family == _socket.AF_INET6 else "IPv4"))
+            roles = [(False, "")] + ([(True, " second")] if key in self._second_ports else [])
+            for second, label in roles:
+                have = {sock.family for sock, _ in service.listeners
+                        if sock.fileno() >= 0 and (sock in service.second_socks) == second}
+                for family, _ in self._families(sp):
+                    if family not in have:
+                        missing.append((key, ("IPv6" if family == _socket.AF_INET6
+                                              else "IPv4") + label))
         return missing
 
     def health_problems(self) -> list[str]:
@@ -390,7 +436,8 @@ class ProxyServer:
         problems = []
         if self.manage_interface:
             problems += listen_mod.data_path_problems(self.listen, self.ipv6_ready)
-        problems += [f"{key}: no {family} listener on port {self._ports.get(key)}"
+        problems += [f"{key}: no {family} listener on port "
+                     f"{(self._second_ports if 'second' in family else self._ports).get(key)}"
                      for key, family in self._missing_listeners()]
         return problems
 
@@ -480,6 +527,11 @@ class ProxyServer:
     @property
     def ports(self) -> dict[ServicePortKey, int]:
         return dict(self._ports)
+
+    @property
+    def second_ports(self) -> dict[ServicePortKey, int]:
+        """The second listeners' ports (ports whose traffic policies need one)."""
+        return dict(self._second_ports)
 
     # -- housekeeping --------------------------------------------------------------------------
 

@@ -544,6 +544,15 @@ class TcpService:
             sock.close()
         return len(gone)
 
+    def close_second(self) -> int:
+        """Close the second listener (its port no longer needs one); connections stay."""
+        gone = self.listeners.remove_where(lambda sock: sock in self.second_socks)
+        for sock in gone:
+            sock.close()
+        self.second_socks.clear()
+        self.second_balancer = None
+        return len(gone)
+
     @property
     def active(self) -> int:
         return len(self.connections) + self.pending

@@ -118,6 +118,17 @@ class UdpService:
             sock.close()
         return len(gone)
 
+    def close_second(self) -> int:
+        """Close the second listener and the sessions answering through it."""
+        gone = self.listeners.remove_where(lambda sock: sock in self.second_socks)
+        for sock in gone:
+            for session in [s for s in self.sessions.values() if s.listener is sock]:
+                self._close(session)
+            sock.close()
+        self.second_socks.clear()
+        self.second_balancer = None
+        return len(gone)
+
     def start(self) -> None:
         self.accepting = True
         self.listeners.watch()

@@ -42,6 +42,7 @@ class FakeComputer:
 class FakeProxy:
     def __init__(self):
         self.calls, self.ports = [], {}
+        self.second_ports: dict = {}
         self.udp_timeout, self.tcp_idle_timeout, self.drain_grace = 30.0, None, 0.0
         self.max_connections = 10000
         self.repairs_total = 0

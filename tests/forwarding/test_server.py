@@ -355,3 +355,77 @@ def test_silent_udp_endpoint_stays_in(netns, tmp_path):
         assert srv._services[u].health.usable(Endpoint(B, PORT))
         silent.close()
         live.stop()
+
+
+# -- externalTrafficPolicy: Local through the real rules --------------------------------------
+
+POD_FETCH = """
+import socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+seen = []
+for _ in range(n):
+    try:
+        s = socket.create_connection((host, port), timeout=3)
+        try:
+            seen.append(s.recv(64).decode() or "closed")
+        finally:
+            s.close()
+    except ConnectionResetError:  # refused: reset right after the handshake
+        seen.append("reset")
+print(" ".join(sorted(set(seen))))
+"""
+
+
+def test_external_traffic_policy_local_through_the_rules(netns_factory, tmp_path):
+    import sys
+
+    from edgeproxy.rules.render import render_rules
+    from tests.support.netns import veth_pair
+
+    node_ns, pod = netns_factory("epnode"), netns_factory("eppod")
+    veth_pair(pod, node_ns, ["198.18.0.2/24"], ["198.18.0.1/24"])
+    pod.run(["ip", "route", "add", "default", "via", "198.18.0.1"])
+    external_ip, vip = "198.18.0.1", "198.19.0.10"  # an external IP that is the node's own
+
+    def from_pod(host: str, n: int = 8) -> set[str]:
+        out = gsub.run(pod.command([sys.executable, "-c", POD_FETCH, host, "80", str(n)]),
+                       capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return set(out.stdout.split())
+
+    def serve(a_node: str):
+        sp = ServicePort(key(), 80, (vip,), external_ips=(external_ip,),
+                         endpoints=(Endpoint(A, PORT), Endpoint(B, PORT)),
+                         endpoint_info=(info(A, node=a_node), info(B, node="edge-2")),
+                         traffic=TrafficPolicy("Cluster", "Local"))
+        main = srv.reconcile({key(): sp})
+        rs = render_rules({key(): sp}, main, LISTEN, second_ports=srv.second_ports)
+        for table in rs.tables(4):
+            gsub.run(["iptables-restore", "--noflush"], input=rs.restore_text(4, table),
+                     text=True, check=True, timeout=10)
+
+    with node(node_ns, tmp_path, locality_aware=False) as srv:
+        backends = [Tagged(A), Tagged(B)]
+        srv.sync_routes([vip])
+        serve("edge-1")
+        assert key() in srv.second_ports
+        assert from_pod(external_ip) == {A}  # external traffic: this node's endpoint only
+        assert from_pod(vip) == {A, B}  # the cluster IP: internalTrafficPolicy Cluster
+        # From the node itself, an external address gets the Cluster set (kube-proxy).
+        assert {fetch_from_host(external_ip) for _ in range(8)} == {A, B}
+        # No endpoint on this node any more: external traffic is refused, never sent to
+        # edge-2; the cluster IP keeps working.
+        serve("edge-3")
+        assert from_pod(external_ip) == {"reset"}
+        assert from_pod(vip) == {A, B}
+        assert srv.stats()[key()].refused_no_local_total >= 1
+        for b in backends:
+            b.stop()
+
+
+def fetch_from_host(host: str, port: int = 80) -> str:
+    s = gsocket.create_connection((host, port), timeout=3)
+    try:
+        return s.recv(64).decode()
+    finally:
+        s.close()
