@@ -217,9 +217,12 @@ def _endpoint_lines(service: dict[str, Any]) -> list[str]:
     for ep in service.get("endpointDetails") or []:
         state = ep.get("health")
         if state == "ejected":
-            state = (f"EJECTED {ep.get('ejectedForSeconds', 0):.1f}s more, "
-                     f"{ep.get('consecutiveFailures', 0)} failures"
-                     + (f" ({ep['lastError']})" if ep.get("lastError") else ""))
+            left = ep.get("ejectedForSeconds", 0)
+            # TCP endpoints come back when a probe answers; UDP ones when the back-off ends.
+            when = f"probing, back-off {left:.1f}s left" if service.get("protocol") == "TCP" \
+                else f"on probation in {left:.1f}s"
+            state = (f"EJECTED ({when}; {ep.get('consecutiveFailures', 0)} failures"
+                     + (f": {ep['lastError']}" if ep.get("lastError") else "") + ")")
         elif ep.get("consecutiveFailures"):
             state = f"{state}, {ep['consecutiveFailures']} failures"
         if not ep.get("ready", True):
