@@ -36,10 +36,11 @@ clock would expire (or eternalise) every affinity at once.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import random
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Collection, Iterable, Sequence
 
 from edgeproxy.forwarding.health import EndpointHealth
 from edgeproxy.model import (
@@ -222,6 +223,7 @@ class Balancer:
         reset_affinity: bool = False,
         hash_key: bytes | None = None,
         attempt: int = 0,
+        avoid: Collection[Endpoint] = (),
     ) -> Endpoint:
         """The endpoint for a new connection from ``client_ip``.
 
@@ -229,6 +231,9 @@ class Balancer:
         ``sessionAffinityReset``). ``attempt``: dial attempt number, so hash policies move to the
         next endpoint on the ring instead of retrying the dead one. ``hash_key``: the HTTP header
         value for the header policy (None: header absent, fall back to round robin).
+        ``avoid``: endpoints this connection already failed on; another usable one is
+        preferred (a failover must not land on the dead endpoint again because other clients
+        moved the round-robin position meanwhile).
         """
         if not self._endpoints:
             raise NoEndpointsError("no endpoints")
@@ -240,7 +245,7 @@ class Balancer:
                     health is None or health.usable(pinned[0]) or self._all_ejected()):
                 self._affinity[client_ip] = (pinned[0], now)  # re-insert: most recent last
                 return pinned[0]
-        endpoint = self._pick(client_ip, hash_key, attempt, now)
+        endpoint = self._pick(client_ip, hash_key, attempt, now, avoid)
         if self.session_affinity:
             self._affinity.pop(client_ip, None)
             self._affinity[client_ip] = (endpoint, now)
@@ -252,24 +257,37 @@ class Balancer:
         health = self.health
         return health is not None and all(not health.usable(ep) for ep in self._endpoints)
 
-    def _pick(self, client_ip: str, hash_key: bytes | None, attempt: int,
-              now: float) -> Endpoint:
+    def _pick(self, client_ip: str, hash_key: bytes | None, attempt: int, now: float,
+              avoid: Collection[Endpoint] = ()) -> Endpoint:
         health = self.health
+        if avoid:
+            # The ring's next distinct endpoint is the first one not tried.
+            attempt = 0
         if health is None:
+            if avoid:
+                with contextlib.suppress(NoEndpointsError):
+                    return self._pick_in(0, client_ip, hash_key, attempt,
+                                         lambda ep: ep not in avoid)
             return self._pick_in(0, client_ip, hash_key, attempt, None)
-        usable = health.usable
+        fine, usable = health.fine, health.usable
 
         def good(ep: Endpoint) -> bool:
-            return usable(ep) and not health.slow(ep, now)
+            return fine(ep, now) and ep not in avoid
+
+        def fallback(ep: Endpoint) -> bool:
+            return usable(ep) and ep not in avoid
 
         any_ejected = health.any_ejected
         for i, tier in enumerate(self._tiers):
             if not any_ejected or any(usable(ep) for ep in tier):
                 self.panic = False
-                try:
-                    return self._pick_in(i, client_ip, hash_key, attempt, good)
-                except NoEndpointsError:  # every usable one is slow: take one of them
-                    return self._pick_in(i, client_ip, hash_key, attempt, usable)
+                # Preferred: not ejected, not slow, not already tried by this connection; then
+                # slow ones; then (every other one is ejected) one it tried before.
+                for accept in (good, fallback, usable):
+                    try:
+                        return self._pick_in(i, client_ip, hash_key, attempt, accept)
+                    except NoEndpointsError:
+                        continue
         # Panic: everything is ejected. Try them all rather than refuse everybody.
         self.panic = True
         self.panic_picks_total += 1

@@ -157,6 +157,15 @@ class EndpointHealth:
         st = self._states.get(ep)
         return st is None or st.state != EJECTED
 
+    def fine(self, ep: Endpoint, now: float) -> bool:
+        """Usable and not slow: what the balancer prefers (one lookup, on every pick)."""
+        st = self._states.get(ep)
+        if st is None:
+            return True
+        if st.state == EJECTED:
+            return False
+        return not st.inflight or not self.slow(ep, now)
+
     def slow(self, ep: Endpoint, now: float) -> bool:
         st = self._states.get(ep)
         if st is None or not st.inflight:
@@ -194,7 +203,8 @@ class EndpointHealth:
         if seconds is not None:
             st.srtt = seconds if st.srtt is None else st.srtt + SRTT_GAIN * (seconds - st.srtt)
         st.inflight_since = now  # it answers: dials still in flight are not "old" yet
-        self._success(ep, st, "connected")
+        if st.failures or st.level or st.state != HEALTHY:
+            self._success(ep, st, "connected")
 
     def dial_abandoned(self, ep: Endpoint) -> None:
         """A dial ended without a verdict (the client went away, the service stopped)."""

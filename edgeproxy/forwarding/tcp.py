@@ -364,7 +364,7 @@ class Dialer:
     the balancer again (affinity reset) until the attempts run out."""
 
     __slots__ = ("service", "client", "client_ip", "hash_key", "attempt", "sock", "watcher",
-                 "timer", "endpoint", "balancer", "started")
+                 "timer", "endpoint", "balancer", "started", "tried")
 
     def __init__(self, service: "TcpService", client: _socket.socket, client_ip: str,
                  hash_key: bytes | None, balancer: Balancer | None = None) -> None:
@@ -380,6 +380,7 @@ class Dialer:
         # The second listener's balancer for external paths that use the other endpoint set.
         self.balancer = balancer or service.balancer
         self.started = 0.0
+        self.tried: list | None = None  # endpoints this connection dialed (failover avoids them)
 
     def next(self) -> None:
         service = self.service
@@ -389,12 +390,17 @@ class Dialer:
                 self.attempt += 1
                 try:
                     ep = self.balancer.next_endpoint(self.client_ip, attempt > 0,
-                                                     self.hash_key, attempt)
+                                                     self.hash_key, attempt,
+                                                     self.tried or ())
                 except NoEndpointsError:
                     if self.balancer.refusing:
                         service.stats.refused_no_local_total += 1
                     break
                 self.endpoint = ep
+                if self.tried is None:
+                    self.tried = [ep]
+                else:
+                    self.tried.append(ep)
                 family = _socket.AF_INET6 if ":" in ep.ip else _socket.AF_INET
                 try:
                     # SOCK_NONBLOCK at creation: one system call less than setblocking().

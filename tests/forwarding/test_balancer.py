@@ -350,3 +350,28 @@ def test_slow_endpoint_is_passed_over_within_its_tier_only():
     h.dial_started(node[1], clock.now)
     clock.now += 0.05  # both of this node's are slow: still this node, not the zone
     assert {lb.next_endpoint() for _ in range(10)} <= set(node)
+
+
+@pytest.mark.parametrize("with_health", [False, True])
+def test_failover_avoids_the_endpoints_the_connection_already_tried(with_health):
+    clock = FakeClock()
+    all_ = eps(1, 2, 3)
+    h = unhealthy(endpoints=all_, clock=clock) if with_health else None
+    lb = Balancer(all_, health=h, clock=clock, rng=random.Random(4))
+    for _ in range(20):
+        first = lb.next_endpoint()
+        lb.next_endpoint()  # another client moves the round-robin position meanwhile
+        second = lb.next_endpoint(attempt=1, reset_affinity=True, avoid=[first])
+        assert second != first
+        third = lb.next_endpoint(attempt=2, reset_affinity=True, avoid=[first, second])
+        assert third not in (first, second)
+    # Everything tried: one of them again rather than nothing.
+    assert lb.next_endpoint(attempt=3, avoid=all_) in all_
+
+
+def test_hash_failover_walks_the_ring_past_what_was_tried():
+    all_ = eps(1, 2, 3)
+    lb = Balancer(all_, LoadBalancerPolicy(LoadBalancerKind.CONSISTENT_HASH_SOURCE_IP))
+    first = lb.next_endpoint(C1)
+    second = lb.next_endpoint(C1, attempt=1, avoid=[first])
+    assert second != first and second == lb.next_endpoint(C1, attempt=1)

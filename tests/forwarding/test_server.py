@@ -207,6 +207,22 @@ def test_locality_order_this_node_then_zone_then_the_rest(netns, tmp_path):
             b.stop()
 
 
+def test_a_new_node_identity_selects_again_and_keeps_health(netns, tmp_path):
+    with node(netns, tmp_path) as srv:
+        backends = [Tagged(ip) for ip in (A, B)]
+        sp = port_of(info(A, node="edge-1"), info(B, node="edge-2"))
+        port = srv.reconcile({key(): sp})[key()]
+        assert {fetch(port)[0] for _ in range(6)} == {A}
+        srv._services[key()].health.dial_failed(Endpoint(A, PORT), time.monotonic(), "x")
+        srv.configure_endpoints(NodeIdentity("edge-2", "zone-a"), True, FAST, 16)
+        assert {fetch(port)[0] for _ in range(6)} == {B}  # now B is this node's
+        assert srv._services[key()].health.view(Endpoint(A, PORT), 0).consecutive_failures == 1
+        srv.configure_endpoints(NodeIdentity("edge-2", "zone-a"), False, FAST, 16)
+        assert {fetch(port)[0] for _ in range(6)} == {A, B}
+        for b in backends:
+            b.stop()
+
+
 def test_locality_off_balances_over_all(netns, tmp_path):
     with node(netns, tmp_path, locality_aware=False) as srv:
         backends = [Tagged(ip) for ip in (A, B)]
