@@ -22,7 +22,8 @@ Locality and health (docs/endpoints.md) come on top of every policy:
   `EndpointHealth`, and the policy picks within that tier (each tier its own shuffled
   round-robin list or hash ring);
 * within the tier, endpoints with a slow dial in flight are passed over while another one is
-  fine; ejected endpoints are skipped; a hash policy walks on to the next usable endpoint of
+  fine (round robin and random: a hash policy keeps its keys in place until an ejection);
+  ejected endpoints are skipped; a hash policy walks on to the next usable endpoint of
   the ring, so only the keys of the ejected endpoint move;
 * a pin (``sessionAffinity``) to an ejected endpoint moves: the client is picked afresh and
   pinned again;
@@ -111,6 +112,10 @@ class HashRing:
         if not taken:
             raise NoEndpointsError("no endpoint accepted")
         return taken[nth % len(taken)]
+
+
+def _usable_at(usable: Callable[[Endpoint], bool]) -> Callable[[Endpoint, float], bool]:
+    return lambda ep, now: usable(ep)
 
 
 class Balancer:
@@ -270,6 +275,9 @@ class Balancer:
                                          lambda ep: ep not in avoid)
             return self._pick_in(0, client_ip, hash_key, attempt, None)
         fine, usable = health.fine, health.usable
+        if self._rings is not None and (hash_key is not None or self.policy.kind is
+                                        LoadBalancerKind.CONSISTENT_HASH_SOURCE_IP):
+            fine = _usable_at(usable)  # a key stays on its endpoint while it is not ejected
 
         def good(ep: Endpoint) -> bool:
             return fine(ep, now) and ep not in avoid

@@ -26,7 +26,8 @@ endpoint address:
 * Slow dials: a dial still waiting for its SYN-ACK after ``slow_after`` (4 × the endpoint's
   smoothed connect time, at least ``slow_dial_min``, at most the first dial timeout) makes
   the endpoint *slow*: new connections prefer other endpoints of the same locality tier until
-  that dial ends. Without this, a node opening 200 connections/s towards an endpoint whose
+  that dial ends (round robin and random only: a hash policy's keys and an affinity pin stay
+  where they are until the endpoint is ejected). Without this, a node opening 200 connections/s towards an endpoint whose
   SYNs vanish sends it ~25 more before the first 250 ms timeout can count a failure; with it,
   about as many as it takes to eject it. Slowness never ejects by itself and never moves
   traffic to another tier.
@@ -65,7 +66,11 @@ class HealthSettings:
     jitter: float = 0.2
     probe_interval: float = 1.0  # 0: no active probes
     probe_timeout: float = 1.0
-    slow_dial_min: float = 0.02
+    # A LAN endpoint connects in well under a millisecond; 10 ms of silence is already
+    # unusual (a loaded hub may add a few ms: a false "slow" only shifts new connections to
+    # the endpoint's peers for a moment). At 100 dials/s to one endpoint, about two dials go
+    # out before it counts as slow, the third failure then ejects it.
+    slow_dial_min: float = 0.01
     slow_dial_max: float = 0.25  # the first dial attempt's timeout
 
     @property

@@ -375,3 +375,16 @@ def test_hash_failover_walks_the_ring_past_what_was_tried():
     first = lb.next_endpoint(C1)
     second = lb.next_endpoint(C1, attempt=1, avoid=[first])
     assert second != first and second == lb.next_endpoint(C1, attempt=1)
+
+
+def test_hash_keys_stay_on_a_slow_endpoint_until_it_is_ejected():
+    clock = FakeClock()
+    all_ = eps(1, 2, 3)
+    h = EndpointHealth(HealthSettings(slow_dial_min=0.01), clock=clock)
+    h.update(all_)
+    lb = Balancer(all_, LoadBalancerPolicy(LoadBalancerKind.CONSISTENT_HASH_SOURCE_IP),
+                  health=h, clock=clock)
+    owner = lb.next_endpoint(C1)
+    h.dial_started(owner, clock.now)
+    clock.now += 0.05  # its SYN has waited 50 ms: slow, not ejected
+    assert lb.next_endpoint(C1) == owner
