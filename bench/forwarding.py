@@ -445,7 +445,7 @@ class Bench:
         if pid is not None and not Path(f"/proc/{pid}").exists():
             self.failed[variant] = "proxy process died"
             return {"error": "proxy process died"}
-        self.flush_conntrack()
+        self.reset_state()
         cpu0 = cpu_seconds(pid) if pid else None
         try:
             result = fn()
@@ -460,12 +460,18 @@ class Bench:
                 result["proxy_cpu_s"] = round(cpu_seconds(pid) - cpu0, 3)
         return result
 
-    def flush_conntrack(self) -> None:
-        """Start every test with an empty conntrack table in the node, so that one test's
-        leftover flows (TIME_WAIT entries, UDP flows with the same tuples) cannot change the
-        next test's NAT decisions or table size."""
+    def reset_state(self) -> None:
+        """Start every test from the same state: an empty conntrack table in the node (one
+        test's leftover flows cannot change the next test's NAT decisions or table size), and
+        no TCP socket in TIME_WAIT in any of the bench's namespaces (``ss -K``). A new-
+        connection test leaves tens of thousands of them for 60 s; where they sit on the
+        client's side (a proxy that passes the server's FIN on late makes the client close
+        first), the client's connect() has to search past them for a free port and the next
+        round of that variant, or the variant after it, ran at a tenth of its speed."""
         if shutil.which("conntrack"):
             self.node.run(["conntrack", "-F"], check=False)
+        for ns in (self.pod, self.node, self.backend):
+            ns.run(["ss", "-K", "-tan", "state", "time-wait"], check=False)
 
     def iperf(self, ns: NetNS, host: str, port: int) -> dict:
         secs = self.args.duration

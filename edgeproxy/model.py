@@ -373,6 +373,8 @@ class ListenAddresses:
     ipv4: str = "169.254.96.17"
     ipv6: str | None = "fd65:6467:6570::1"
     interface: str = "edgeproxy0"
+    # The DNS server's addresses (edgeproxy/dns), kept on the same interface the same way.
+    dns: tuple[str, ...] = ()
 
 
 # --- What the manifest loader hands to the state builder. ---

@@ -1,7 +1,7 @@
 #!/bin/sh
 # edgeproxy offline installer: run from the unpacked bundle, as root. No network is used.
 #
-#   ./install.sh [--root DIR] [--python PYTHON] [--no-start]
+#   ./install.sh [--root DIR] [--python PYTHON] [--no-start] [--system-site-packages]
 #
 # What it does (each step is skipped when already done, so it can be re-run at will):
 #   1. checks the machine: CPU architecture, CPython version and glibc the bundle was built for;
@@ -15,17 +15,22 @@
 #   5. where systemd is PID 1 (and --root is /): daemon-reload, enable, and start, or restart
 #      when it was running (an upgrade); elsewhere it says what to run.
 # --root DIR installs into DIR instead of / (for tests and images); nothing outside it changes.
+# --system-site-packages lets the release see the node's Python packages beside its own (the
+# bundle's always win): with Debian's python3-systemd installed, log entries then reach the
+# journal with their fields (EDGEPROXY_SERVICE=...).
 set -eu
 
 ROOT=/
 PYTHON=python3
 START=1
+VENV_OPTS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --root) ROOT=$2; shift 2 ;;
     --python) PYTHON=$2; shift 2 ;;
     --no-start) START=0; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --system-site-packages) VENV_OPTS="--system-site-packages"; shift ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -65,7 +70,7 @@ case "$CHECK" in
 esac
 VERSION=$(echo "$CHECK" | cut -d' ' -f2)
 COMMIT=$(echo "$CHECK" | cut -d' ' -f3)
-DIGEST=$(sha256sum "$BUNDLE/BUNDLE.json" | cut -d' ' -f1)
+DIGEST=$( { cat "$BUNDLE/BUNDLE.json"; echo "$VENV_OPTS"; } | sha256sum | cut -d' ' -f1)
 # One directory per bundle (its BUNDLE.json lists the digest of every file): a release that
 # is installed is never rebuilt in place under a running daemon.
 RELEASE_NAME="$VERSION-$(echo "$COMMIT" | cut -c1-12)-$(echo "$DIGEST" | cut -c1-8)"
@@ -85,7 +90,8 @@ else
   mkdir -p "$PREFIX/releases"
   # --without-pip: Debian's python3 has no ensurepip unless python3-venv is installed; pip
   # comes from the bundle, run straight from its wheel.
-  "$PYTHON" -m venv --without-pip "$RELEASE"
+  # shellcheck disable=SC2086
+  "$PYTHON" -m venv --without-pip $VENV_OPTS "$RELEASE"
   PIP_WHEEL=$(ls "$BUNDLE"/wheels/pip-*.whl)
   # No pip configuration of this machine applies (PIP_CONFIG_FILE=/dev/null, --isolated).
   PIP_CONFIG_FILE=/dev/null "$RELEASE/bin/python" "$PIP_WHEEL/pip" --isolated \

@@ -146,7 +146,7 @@ def test_exec_start_runs_as_written_until_ready_then_stops_on_sigterm(unit, netn
     config = tmp_path / "edgeproxy.yaml"
     config.write_text(f"manifests: {manifests}\nstateDir: {tmp_path / 'state'}\n"
                       "healthzBindAddress: 127.0.0.1:10266\n"
-                      "metricsBindAddress: 127.0.0.1:10259\n")
+                      "metricsBindAddress: 127.0.0.1:10267\n")
     index = _config_path_arg(argv)
     if index is not None:
         argv[index] = str(config)
@@ -174,6 +174,10 @@ def test_exec_start_runs_as_written_until_ready_then_stops_on_sigterm(unit, netn
                 pass
         assert any("READY=1" in m for m in messages), messages
         assert any("WATCHDOG=1" in m for m in messages), messages
+        # STATUS= says what is served, for `systemctl status edgeproxy`.
+        ready_message = next(m for m in messages if "READY=1" in m)
+        assert re.search(r"STATUS=\d+ service ports?, \d+ manifest errors?, rules ok",
+                         ready_message), ready_message
         ready = netns.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
                            "http://127.0.0.1:10266/readyz"], check=False)
         assert ready.stdout == "200"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgeproxy.commands.status import DEFAULT_ADDRESS
+from edgeproxy.commands._settings import add_config_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,8 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="The daemon holds a sync that would remove more than --max-removal-ratio "
                     "of the proxied ports, or that finds the manifest root missing or empty. "
                     "Check `edgeproxy status` first; this applies it (same as SIGUSR1).")
-    parser.add_argument("--address", default=DEFAULT_ADDRESS,
-                        help=f"the daemon's --healthz-bind-address (default {DEFAULT_ADDRESS})")
+    add_config_options(parser, ["healthz_bind_address"])
     parser.set_defaults(func=run)
 
 
@@ -22,12 +21,13 @@ def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from edgeproxy.commands.status import fetch
+    from edgeproxy.commands.status import daemon_address, fetch
 
+    address = daemon_address(args, "confirm-removal")
     try:
-        code, body = fetch(args.address, "/confirm-removal", method="POST")
+        code, body = fetch(address, "/confirm-removal", method="POST")
     except (OSError, ValueError) as exc:
-        print(f"edgeproxy confirm-removal: cannot reach the daemon at {args.address}: {exc}",
+        print(f"edgeproxy confirm-removal: cannot reach the daemon at {address}: {exc}",
               file=sys.stderr)
         return 1
     if code == 200:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgeproxy.model import BACKEND_CHOICES
+from edgeproxy.commands._settings import add_config_options
 
 
 def register(subparsers) -> None:
@@ -14,8 +14,7 @@ def register(subparsers) -> None:
                     "KUBE-SERVICES; chains not empty while services exist; captured services "
                     "answer; no EdgeMesh agent or Cilium socket LB; conntrack installed. "
                     "Exit status 1 when anything is wrong.")
-    p.add_argument("--iptables-backend", default="auto", choices=BACKEND_CHOICES)
-    p.add_argument("--healthz-bind-address", default="127.0.0.1:10266", metavar="HOST:PORT")
+    add_config_options(p, ["iptables_backend", "healthz_bind_address", "service_filter_mode"])
     p.add_argument("--manifests", metavar="DIR",
                    help="count the service ports here instead of asking the daemon")
     p.set_defaults(func=run)
@@ -25,19 +24,22 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    from edgeproxy.commands._settings import host_port, resolve
     from edgeproxy.rules.doctor import Doctor
 
+    settings = resolve(args, "doctor")
     services = None
     if args.manifests:
         from edgeproxy.model import FilterMode
         from edgeproxy.rules.preview import PreviewError, load_desired_state
         try:
-            services = len(load_desired_state(Path(args.manifests),
-                                              FilterMode.FILTER_IF_LABEL_EXISTS).ports)
+            services = len(load_desired_state(
+                Path(args.manifests), FilterMode(settings["service_filter_mode"])).ports)
         except PreviewError as exc:
             print(f"edgeproxy doctor: {exc}", file=sys.stderr)
             return 2
-    findings = Doctor(args.iptables_backend, healthz=args.healthz_bind_address,
+    findings = Doctor(settings["iptables_backend"],
+                      healthz=host_port(settings["healthz_bind_address"]),
                       services=services).checks()
     for f in findings:
         print(f"{'ok  ' if f.ok else 'FAIL'} {f.what}")

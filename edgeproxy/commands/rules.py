@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgeproxy.model import BACKEND_CHOICES, FILTER_MODES
+from edgeproxy.commands._settings import add_config_options
 
 
 def register(subparsers) -> None:
@@ -13,19 +13,9 @@ def register(subparsers) -> None:
         description="Render the capture rules for the manifests without touching the system. "
                     "Proxy ports are the daemon's (from STATE_DIR/ports.json) when known, else "
                     "the allocator's deterministic first choice.")
-    p.add_argument("--manifests", default="/etc/edgeproxy", metavar="DIR",
-                   help="manifest directory (default /etc/edgeproxy)")
-    p.add_argument("--iptables-backend", default="auto", choices=BACKEND_CHOICES,
-                   help="legacy/nft print iptables-restore text, nftables prints nft -f text; "
-                        "auto detects (falls back to iptables text when detection fails)")
+    add_config_options(p, ["manifests", "iptables_backend", "service_filter_mode", "state_dir",
+                           "proxy_port_range", "listen_address", "listen_address_v6"])
     p.add_argument("--family", type=int, choices=(4, 6), help="only this address family")
-    p.add_argument("--service-filter-mode", default=FILTER_MODES[0], choices=FILTER_MODES)
-    p.add_argument("--state-dir", default="/run/edgeproxy", metavar="DIR",
-                   help="where the daemon keeps ports.json (default /run/edgeproxy)")
-    p.add_argument("--proxy-port-range", default="61000-64999", metavar="RANGE")
-    p.add_argument("--listen-address", default="169.254.96.17", metavar="IP")
-    p.add_argument("--listen-address-v6", default="fd65:6467:6570::1", metavar="IP",
-                   help="'' disables IPv6 capture")
     p.set_defaults(func=run)
 
 
@@ -33,19 +23,23 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    from edgeproxy.commands._settings import resolve
     from edgeproxy.forwarding.ports import PortRange
     from edgeproxy.model import FilterMode, ListenAddresses
     from edgeproxy.rules.preview import PreviewError, load_desired_state, preview_ruleset
 
+    settings = resolve(args, "rules")
     try:
-        port_range = PortRange.parse(args.proxy_port_range)
-        state = load_desired_state(Path(args.manifests), FilterMode(args.service_filter_mode))
+        port_range = PortRange.parse(settings["proxy_port_range"])
+        state = load_desired_state(Path(settings["manifests"]),
+                                   FilterMode(settings["service_filter_mode"]))
     except (ValueError, PreviewError) as exc:
         print(f"edgeproxy rules: {exc}", file=sys.stderr)
         return 2
-    listen = ListenAddresses(ipv4=args.listen_address, ipv6=args.listen_address_v6 or None)
-    ruleset = preview_ruleset(state, listen, Path(args.state_dir), port_range)
-    backend = args.iptables_backend
+    listen = ListenAddresses(ipv4=settings["listen_address"],
+                             ipv6=settings["listen_address_v6"] or None)
+    ruleset = preview_ruleset(state, listen, Path(settings["state_dir"]), port_range)
+    backend = settings["iptables_backend"]
     if backend == "auto":
         from edgeproxy.rules.backends.detect import detect
         try:

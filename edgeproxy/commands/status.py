@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-DEFAULT_ADDRESS = "127.0.0.1:10266"
+from edgeproxy.commands._settings import add_config_options, add_output_option
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,9 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Query the daemon's /status (healthz server) and print services "
                     "(VIP:port/proto -> proxy port -> endpoints), skipped services with reasons "
                     "and file errors.")
-    parser.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    parser.add_argument("--address", default=DEFAULT_ADDRESS,
-                        help=f"the daemon's --healthz-bind-address (default {DEFAULT_ADDRESS})")
+    add_output_option(parser)
+    add_config_options(parser, ["healthz_bind_address"])
     parser.set_defaults(func=run)
 
 
@@ -35,24 +34,35 @@ def fetch(address: str, path: str, method: str = "GET", timeout: float = 5.0) ->
         conn.close()
 
 
+def daemon_address(args: argparse.Namespace, command: str) -> str:
+    """Where the daemon's healthz server listens: --healthz-bind-address, else the config
+    file's healthzBindAddress, else the default (what `edgeproxy run` would use)."""
+    from edgeproxy.commands._settings import host_port, resolve
+
+    return host_port(resolve(args, command)["healthz_bind_address"])
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
+    from edgeproxy.commands._settings import dump
     from edgeproxy.daemon.status import render_text
 
+    address = daemon_address(args, "status")
     try:
-        code, body = fetch(args.address, "/status")
+        code, body = fetch(address, "/status")
     except (OSError, ValueError) as exc:
-        print(f"edgeproxy status: cannot reach the daemon at {args.address}: {exc} "
-              "(is `edgeproxy run` running? see --address)", file=sys.stderr)
+        print(f"edgeproxy status: cannot reach the daemon at {address}: {exc} "
+              "(is `edgeproxy run` running? see --config / --healthz-bind-address)",
+              file=sys.stderr)
         return 1
     if code != 200:
         print(f"edgeproxy status: daemon answered HTTP {code}", file=sys.stderr)
         return 1
     doc = json.loads(body)
-    if args.output == "json":
-        print(json.dumps(doc, indent=2))
+    if args.output != "text":
+        sys.stdout.write(dump(doc, args.output))
     else:
         sys.stdout.write(render_text(doc))
     return 1 if doc.get("guard", {}).get("held") else 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgeproxy.model import FILTER_MODES
+from edgeproxy.commands._settings import add_config_options, add_output_option
 
 
 def register(subparsers) -> None:
@@ -19,11 +19,9 @@ def register(subparsers) -> None:
                     "files or directories, report every error (file, document, field) and the "
                     "verdict for every Service. Exit 0 when all documents are valid, 1 otherwise.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="manifest file or directory")
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text",
-                   help="text for people (default) or one JSON object")
-    p.add_argument("--service-filter-mode", choices=FILTER_MODES, default=FILTER_MODES[0],
-                   help="EdgeMesh label mode for service.edgemesh.kubeedge.io/service-proxy-name "
-                        "(default FilterIfLabelExists: labelled services are skipped)")
+    add_output_option(p)
+    add_config_options(p, ["service_filter_mode", "trusted_manifest_roots",
+                               "service_cidr"])
     p.set_defaults(func=run)
 
 
@@ -32,25 +30,35 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    from edgeproxy.commands._settings import dump, resolve
     from edgeproxy.manifests import load_objects
     from edgeproxy.model import FilterMode
     from edgeproxy.state import build_state
 
-    objects, errors = load_objects([Path(p) for p in args.paths])
-    state = build_state(objects, FilterMode(args.service_filter_mode), errors)
-    report = build_report(objects, state)
-    if args.output == "json":
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+    from edgeproxy.state.allocation import ServiceCIDRs, assign
+
+    settings = resolve(args, "validate")
+    objects, errors = load_objects([Path(p) for p in args.paths],
+                                   trusted_roots=settings["trusted_manifest_roots"])
+    mode = FilterMode(settings["service_filter_mode"])
+    objects, allocation = assign(objects, ServiceCIDRs.parse(settings["service_cidr"]), mode)
+    state = build_state(objects, mode, errors)
+    report = build_report(objects, state, allocation)
+    if args.output != "text":
+        sys.stdout.write(dump(report, args.output))
     else:
         sys.stdout.write(render_text(report, state))
     return 0 if report["valid"] else 1
 
 
-def build_report(objects, state) -> dict:
-    """The `-o json` object (see docs/manifests.md for the shape)."""
+def build_report(objects, state, allocation=None) -> dict:
+    """The `-o json` object (see docs/manifests.md for the shape). ``allocation``: the
+    cluster IPs `--service-cidr` gave (state/allocation.py)."""
     from edgeproxy.state.endpoints import traffic_policy
     from edgeproxy.state.filtering import service_vips
+
+    allocated = allocation.addresses if allocation is not None else {}
+    unallocated = allocation.unallocated if allocation is not None else {}
 
     bodies = {(o.source.file, o.source.document): o.body for o in objects if o.kind == "Service"}
     # Each Service's proxied ports, looked up by (source, port name, protocol): a scan of
@@ -94,6 +102,9 @@ def build_report(objects, state) -> dict:
             "reason": verdict.reason.value if verdict.reason else None,
             "trafficPolicy": {k: v for k, v in traffic_policy(body).to_dict().items()},
             "ports": ports,
+            "allocatedClusterIPs": list(allocated.get((verdict.namespace, verdict.name), ())),
+            **({"unallocated": unallocated[(verdict.namespace, verdict.name)]}
+               if (verdict.namespace, verdict.name) in unallocated else {}),
         })
     return {
         "valid": not state.errors,
@@ -112,9 +123,12 @@ def render_text(report: dict, state) -> str:
     for svc in report["services"]:
         head = f"{svc['namespace']}/{svc['name']} ({svc['file']}#{svc['document']})"
         if svc["verdict"] == "skip":
-            lines.append(f"skip   {head}: {svc['reason']}")
+            why = f" ({svc['unallocated']})" if svc.get("unallocated") else ""
+            lines.append(f"skip   {head}: {svc['reason']}{why}")
             continue
-        lines.append(f"proxy  {head}")
+        allocated = svc.get("allocatedClusterIPs") or []
+        lines.append(f"proxy  {head}" + (f" clusterIP {', '.join(allocated)} (allocated)"
+                                         if allocated else ""))
         policy = svc.get("trafficPolicy") or {}
         notes = [f"{k} {policy[k]}" for k in ("internalTrafficPolicy", "externalTrafficPolicy")
                  if policy.get(k) not in (None, "Cluster")]

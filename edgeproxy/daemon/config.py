@@ -51,15 +51,28 @@ class DaemonConfig:
     listen_address: str
     listen_address_v6: str
     listen_interface: str
-    node_name: str  # "" until build_config fills in the host name
-    zone: str
-    locality_aware: bool
-    outlier_consecutive_failures: int
-    outlier_base_ejection_time: float
-    outlier_max_ejection_time: float
-    health_probe_interval: float
-    health_probe_timeout: float
-    health_probe_concurrency: int
+    service_cidr: str = ""
+    dns: bool = True
+    dns_listen_address: str = "169.254.96.53"
+    dns_listen_address_v6: str = "fd65:6467:6570::53"
+    dns_port: int = 53
+    cluster_domain: str = "cluster.local"
+    dns_ttl: int = 5
+    dns_upstreams: tuple[str, ...] = ()
+    dns_upstream_timeout: float = 2.0
+    dns_cache_size: int = 10000
+    dns_serve_stale: float = 86400.0
+    dns_max_tcp_clients: int = 256
+    # Which endpoints this node uses (docs/endpoints.md); build_config fills in the host name.
+    node_name: str = ""
+    zone: str = ""
+    locality_aware: bool = True
+    outlier_consecutive_failures: int = 3
+    outlier_base_ejection_time: float = 1.0
+    outlier_max_ejection_time: float = 30.0
+    health_probe_interval: float = 1.0
+    health_probe_timeout: float = 1.0
+    health_probe_concurrency: int = 16
     config_file: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,6 +179,11 @@ def build_config(args: argparse.Namespace | Mapping[str, Any]) -> DaemonConfig:
         raise ConfigError("--iptables-min-sync-period must not exceed --rescan-period")
     if values["sync_period"] <= 0:
         raise ConfigError("--iptables-sync-period must be greater than 0")
+    if values["dns"] and not (values["dns_listen_address"] or values["dns_listen_address_v6"]):
+        raise ConfigError("--dns needs --dns-listen-address or --dns-listen-address-v6 "
+                          "(or turn it off with --no-dns)")
+    if values["dns_upstream_timeout"] <= 0:
+        raise ConfigError("--dns-upstream-timeout must be greater than 0")
     if config_path is not None:
         resolved_config = config_path.resolve()
         resolved_root = values["manifests"].resolve()

@@ -31,8 +31,8 @@ from edgeproxy.daemon import guard, sdnotify
 from edgeproxy.daemon.config import DaemonConfig
 from edgeproxy.daemon.logs import log_event
 from edgeproxy.daemon.runner import BoundedFrequencyRunner
-from edgeproxy.daemon.views import (ComputedView, DaemonCounters, KeeperView, ProxyView,
-                                    WatcherView)
+from edgeproxy.daemon.views import (ComputedView, ComputerView, DaemonCounters, DnsView,
+                                    KeeperView, ProxyView, WatcherView)
 from edgeproxy.model import DesiredState, FilterMode, ListenAddresses, ServicePort, ServicePortKey
 from edgeproxy.rules.render import RuleSet
 
@@ -49,9 +49,11 @@ WATCHER_START_WAIT = 5.0  # seconds; the watcher process is normally ready in ~0
 class Computation(ComputedView, Protocol):
     state: DesiredState
     file_count: int
+    zone: Any  # dns.records.Zone, None when the DNS server is off
+    address_changes: tuple[Any, ...]
 
 
-class Computer(Protocol):
+class Computer(ComputerView, Protocol):
     filter_mode: FilterMode
 
     def compute(self, changed: set[Path] | None,
@@ -105,14 +107,49 @@ class Watcher(WatcherView, Protocol):
     def stop(self) -> None: ...
 
 
+class DnsService(DnsView, Protocol):
+    def start(self) -> None: ...
+
+    def update(self, zone: Any) -> None: ...
+
+    def configure(self, settings: Any) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 # (ports, proxy ports, listen addresses, second listeners' ports) -> rules
 Renderer = Callable[[Mapping[ServicePortKey, ServicePort], Mapping[ServicePortKey, int],
                      ListenAddresses, Mapping[ServicePortKey, int]], RuleSet]
 
 
+def dns_addresses(config: DaemonConfig) -> tuple[str, ...]:
+    """The DNS server's addresses ((): the DNS server is off)."""
+    if not config.dns:
+        return ()
+    return tuple(a for a in (config.dns_listen_address, config.dns_listen_address_v6) if a)
+
+
 def listen_addresses(config: DaemonConfig) -> ListenAddresses:
     return ListenAddresses(ipv4=config.listen_address, ipv6=config.listen_address_v6 or None,
-                           interface=config.listen_interface)
+                           interface=config.listen_interface, dns=dns_addresses(config))
+
+
+def zone_settings(config: DaemonConfig):
+    from edgeproxy.daemon.compute import ZoneSettings
+
+    if not config.dns:
+        return None
+    return ZoneSettings(config.cluster_domain, config.dns_ttl, dns_addresses(config))
+
+
+def dns_settings(config: DaemonConfig):
+    from edgeproxy.dns.server import DnsSettings
+
+    return DnsSettings(domain=config.cluster_domain, ttl=config.dns_ttl,
+                       upstreams=config.dns_upstreams,
+                       upstream_timeout=config.dns_upstream_timeout,
+                       cache_size=config.dns_cache_size, serve_stale=config.dns_serve_stale,
+                       max_tcp_clients=config.dns_max_tcp_clients)
 
 
 # The settings that decide which endpoints this node uses and how it judges them.
@@ -150,7 +187,8 @@ def default_factories(config: DaemonConfig) -> dict[str, Callable[[], Any]]:
         policy = TrustPolicy(
             trusted_roots=tuple(Path(p) for p in config.trusted_manifest_roots),
             require_root_owned=os.geteuid() == 0 and not config.allow_insecure_manifests)
-        return StateComputer(config.manifests, FilterMode(config.service_filter_mode), policy)
+        return StateComputer(config.manifests, FilterMode(config.service_filter_mode), policy,
+                             service_cidr=config.service_cidr, zone=zone_settings(config))
 
     def proxy():
         from edgeproxy.forwarding.ports import PortRange
@@ -182,7 +220,16 @@ def default_factories(config: DaemonConfig) -> dict[str, Callable[[], Any]]:
 
         return RuleRenderer()
 
-    return {"computer": computer, "proxy": proxy, "keeper": keeper, "render": render}
+    def dns():
+        if not config.dns:
+            return None
+        from edgeproxy.dns.server import DnsServer
+
+        return DnsServer([(a, config.dns_port) for a in dns_addresses(config)],
+                         dns_settings(config))
+
+    return {"computer": computer, "proxy": proxy, "keeper": keeper, "render": render,
+            "dns": dns}
 
 
 class Daemon:
@@ -202,6 +249,7 @@ class Daemon:
         self.proxy: Proxy | None = None
         self.keeper: Keeper | None = None
         self.render: Renderer | None = None
+        self.dns: DnsService | None = None
         self.watcher: Watcher | None = None
         self.runner: BoundedFrequencyRunner | None = None
         # What is being served (last good) and what the last computation said.
@@ -217,6 +265,7 @@ class Daemon:
         self._pending_paths: set[Path] | None = set()
         self._writing: set[Path] = set()
         self._retry_timer: Any = None
+        self._last_status_line = ""
         self._full_rescan = True
         self._force_apply = False
         self._phases: dict[str, float] = {}
@@ -284,6 +333,10 @@ class Daemon:
             self.keeper.check_period = c.sync_period
         if self.computer is not None:
             self.computer.filter_mode = FilterMode(c.service_filter_mode)
+            self.computer.service_cidr = c.service_cidr
+            self.computer.zone_settings = zone_settings(c)
+        if self.dns is not None:
+            self.dns.configure(dns_settings(c))
         if self.proxy is not None:
             # New listeners use these; running services keep the values they started with.
             self.proxy.udp_timeout = c.udp_timeout
@@ -334,6 +387,7 @@ class Daemon:
         if self.queued_since == queued_at:
             self.queued_since = None
         self.last_applied_wall = time.time()
+        self._notify_status()
 
     def _retry_soon(self, paths: set[Path]) -> None:
         """Files that look half-written are read again shortly (one timer at a time)."""
@@ -371,6 +425,7 @@ class Daemon:
             log_event(log, logging.INFO, "mass-removal hold cleared: the manifests recovered")
         self.held = None
         self.confirm_requested = False
+        self._follow(computed)
         old = self.applied
         if new == old and not self._force_apply and self.proxy_ports:
             self.applied = new  # same services, maybe new verdicts/errors for status
@@ -400,6 +455,17 @@ class Daemon:
                   removed=removed, errors=len(new.errors), forced=force or None,
                   **{f"{name}_s": took for name, took in self._phases.items()})
 
+    def _follow(self, computed: Computation) -> None:
+        """What a sync that is applied changes besides rules and listeners: the DNS zone
+        (answers follow the manifests within this sync) and cluster-IP address changes."""
+        for change in computed.address_changes:
+            self.counters.cluster_ip_changes_total += 1
+            log_event(log, logging.WARNING, "allocated cluster IP changed",
+                      service=f"{change.ident[0]}/{change.ident[1]}", old=",".join(change.old),
+                      new=",".join(change.new), why=change.why)
+        if self.dns is not None and computed.zone is not None:
+            self.dns.update(computed.zone)
+
     def _sync_routes(self, state: DesiredState) -> None:
         vips = {vip for sp in state.ports.values() for vip in sp.vips}
         try:
@@ -415,14 +481,18 @@ class Daemon:
         self.proxy = self.factories["proxy"]()
         self.keeper = self.factories["keeper"]()
         self.render = self.factories["render"]()
+        self.dns = self.factories["dns"]()
         self.start_http()
         self.proxy.start()
+        if self.dns is not None:
+            self.dns.start()  # on the interface proxy.start() made (bound even before that)
         if self.watch:
             # Watching before the first read: a change made while the initial sync runs is
             # then an event, not lost until the periodic rescan.
             self.start_watcher()
         self.runner = BoundedFrequencyRunner(self.sync, c.min_sync_period, c.rescan_period,
                                              debounce=c.watch_debounce)
+        initial = self.runner.clock.now()
         try:
             self.sync()
         except Exception as exc:  # noqa: BLE001 - the runner retries; we still start
@@ -430,9 +500,10 @@ class Daemon:
                       error=f"{type(exc).__name__}: {exc}")
             self.request_sync(None)
         self.keeper.start()
-        self.runner.start()
+        self.runner.start(ran_at=initial)
         self.ready = True
-        sdnotify.notify("READY=1\nSTATUS=serving", self.environ)
+        sdnotify.notify(f"READY=1\nSTATUS={self.status_line()}", self.environ)
+        self._last_status_line = self.status_line()
         interval = sdnotify.watchdog_interval(self.environ)
         if interval:
             gevent.spawn(self._watchdog_loop, interval)
@@ -462,6 +533,30 @@ class Daemon:
                 continue
             if repaired:
                 log_event(log, logging.WARNING, "data path repaired", what="; ".join(repaired))
+            self._notify_status()
+
+    def status_line(self) -> str:
+        """One line for `systemctl status` (sd_notify STATUS=): what is served, what is wrong."""
+        errors = len(self.last_computed.errors) if self.last_computed is not None else 0
+        problems = self.health_problems()
+        ports = len(self.applied.ports)
+        parts = [f"{ports} service port{'s' if ports != 1 else ''}",
+                 f"{errors} manifest error{'s' if errors != 1 else ''}"]
+        if self.held is not None:
+            parts.append("a mass removal is held (edgeproxy confirm-removal)")
+        parts.append(f"problem: {problems[0]}" + (f" (+{len(problems) - 1} more)"
+                                                  if len(problems) > 1 else "")
+                     if problems else "rules ok")
+        return ", ".join(parts)
+
+    def _notify_status(self) -> None:
+        """Tell systemd the status line when it changed (after syncs and data-path checks)."""
+        if not self.ready:
+            return
+        line = self.status_line()
+        if line != self._last_status_line:
+            self._last_status_line = line
+            sdnotify.notify(f"STATUS={line}", self.environ)
 
     def health_problems(self) -> list[str]:
         """Why captured traffic may not be served as the manifests say, right now ([] when
@@ -475,6 +570,8 @@ class Daemon:
             problems += self.proxy.health_problems()
         if self.keeper is not None and self.keeper.problem:
             problems.append(self.keeper.problem)
+        if self.dns is not None:
+            problems += self.dns.health_problems()
         return problems
 
     def _watchdog_loop(self, interval: float) -> None:
@@ -530,6 +627,11 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001
             self.exit_code = 1
             log_event(log, logging.ERROR, "removing rules failed", error=str(exc))
+        try:
+            if self.dns is not None:
+                self.dns.stop()
+        except Exception as exc:  # noqa: BLE001
+            log_event(log, logging.WARNING, "stopping the DNS server failed", error=str(exc))
         try:
             if self.proxy is not None:
                 self.proxy.stop(self.config.drain_grace)

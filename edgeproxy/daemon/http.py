@@ -1,12 +1,12 @@
 """The daemon's two small HTTP servers (WSGI, served by gevent.pywsgi on 127.0.0.1).
 
-healthz server: ``/healthz`` (kube-proxy compatible JSON ``{"lastUpdated", "currentTime"}``
-plus ``"problems"``; 503 while captured traffic cannot be served as the manifests say: a
+healthz server: ``/livez`` (200 while the process answers), ``/healthz`` (kube-proxy's JSON
+``{"lastUpdated", "currentTime", "nodeEligible"}`` plus ``"problems"``; 503 while captured traffic cannot be served as the manifests say: a
 change waiting more than twice --iptables-sync-period, the listen interface or an address
 gone, a listener closed, rules that could not be applied), ``/readyz`` (200 once the first
 sync was applied and everything started, and nothing of /healthz's list is wrong), ``/status`` (JSON for
 `edgeproxy status`), ``POST /confirm-removal`` (apply a held mass removal).
-metrics server: ``/metrics`` (Prometheus text format).
+metrics server: ``/metrics`` (prometheus-client's WSGI app: text or OpenMetrics, gzip).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import make_wsgi_app
 
 from edgeproxy.daemon.metrics import make_registry
 from edgeproxy.daemon.status import build_status
@@ -43,11 +43,16 @@ def healthz_app(daemon: DaemonView) -> Callable:
     def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
+        if path == "/livez":
+            # The process answers: its hub runs (systemd's watchdog says the same).
+            return _json(start_response, 200, {"alive": True})
         if path == "/healthz":
             problems = daemon.health_problems()
+            # kube-proxy's fields (lastUpdated, currentTime, nodeEligible), then ours.
             return _json(start_response, 503 if problems else 200,
                          {"lastUpdated": _iso(daemon.last_applied_wall),
-                          "currentTime": _iso(time.time()), "problems": problems})
+                          "currentTime": _iso(time.time()), "nodeEligible": True,
+                          "problems": problems})
         if path == "/readyz":
             problems = daemon.health_problems() if daemon.ready else ["starting"]
             ready = daemon.ready and not problems
@@ -68,14 +73,13 @@ def healthz_app(daemon: DaemonView) -> Callable:
 
 
 def metrics_app(daemon: DaemonView) -> Callable:
-    registry = make_registry(daemon)
+    """prometheus-client's own WSGI app (text or OpenMetrics by Accept, gzip by
+    Accept-Encoding, ``?name[]=`` filtering) on /metrics; 404 elsewhere."""
+    exposition = make_wsgi_app(make_registry(daemon))
 
     def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
         if environ.get("PATH_INFO", "") not in ("/metrics", "/metrics/"):
             return _json(start_response, 404, {"error": "see /metrics"})
-        data = generate_latest(registry)
-        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST),
-                                  ("Content-Length", str(len(data)))])
-        return [data]
+        return exposition(environ, start_response)
 
     return app

@@ -4,6 +4,8 @@
   from other modules (plain ``logger.warning("dial %s failed", ep)``) are formatted the same way.
 - Under systemd (``JOURNAL_STREAM`` names our stderr) lines carry no timestamp (journald adds its
   own) and start with a ``<N>`` syslog priority, which journald turns into the entry's level.
+  Where python3-systemd is importable, entries go to the journal natively instead, with every
+  field as a journal field (``EDGEPROXY_SERVICE=...``) besides the same one-line message.
 - A rate limit per message template (logger name + unformatted message): a burst passes, then at
   most one line per interval; the next line that passes says how many were suppressed. A dead
   endpoint under load thus costs a few journal lines per minute, not thousands per second.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections import OrderedDict
@@ -57,7 +60,8 @@ def journald_attached(stream: TextIO | None = None) -> bool:
 class _BaseFormatter(logging.Formatter):
     def __init__(self, journald: bool = False) -> None:
         super().__init__()
-        self.journald = journald
+        self.journald = journald  # journald's stream: a <N> priority prefix, no timestamp
+        self.include_timestamp = not journald
 
     def _fields(self, record: logging.LogRecord) -> dict[str, Any]:
         fields = {k: v for k, v in (getattr(record, FIELDS_ATTR, None) or {}).items()
@@ -83,7 +87,8 @@ class KeyValueFormatter(_BaseFormatter):
             prefix = f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>"
         else:
             prefix = ""
-            parts.append(f"ts={self._timestamp(record)}")
+            if self.include_timestamp:
+                parts.append(f"ts={self._timestamp(record)}")
         parts.append(f"level={record.levelname.lower()}")
         parts.append(f"logger={record.name}")
         parts.append(f"msg={_quote(record.getMessage())}")
@@ -98,7 +103,8 @@ class JsonFormatter(_BaseFormatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {}
         if not self.journald:
-            out["ts"] = self._timestamp(record)
+            if self.include_timestamp:
+                out["ts"] = self._timestamp(record)
         out["level"] = record.levelname.lower()
         out["logger"] = record.name
         out["msg"] = record.getMessage()
@@ -152,13 +158,66 @@ class RateLimitFilter(logging.Filter):
         return False
 
 
+_FIELD_NAME = re.compile(r"[^A-Z0-9_]")
+
+
+def journal_fields(record: logging.LogRecord) -> dict[str, str]:
+    """A record's structured fields as journal fields: ``EDGEPROXY_<KEY>`` (upper case,
+    [A-Z0-9_] only, as journald requires), plus the logger and the syslog priority."""
+    fields = {"PRIORITY": str(_SYSLOG_PRIORITY.get(record.levelno, 6)),
+              "SYSLOG_IDENTIFIER": "edgeproxy", "EDGEPROXY_LOGGER": record.name}
+    for key, value in (getattr(record, FIELDS_ATTR, None) or {}).items():
+        if value is None:
+            continue
+        name = "EDGEPROXY_" + _FIELD_NAME.sub("_", str(key).upper())
+        fields[name] = value if isinstance(value, str) else json.dumps(value, default=str) \
+            if isinstance(value, (dict, list)) else str(value)
+    return fields
+
+
+class JournalHandler(logging.Handler):
+    """Native journal entries through python3-systemd's ``systemd.journal.send`` (when it is
+    importable and journald holds our stderr): the same one-line message, plus every field as
+    a journal field, so ``journalctl -u edgeproxy EDGEPROXY_SERVICE=default/web`` filters."""
+
+    def __init__(self, send: Callable[..., Any], formatter: logging.Formatter) -> None:
+        super().__init__()
+        self.send = send
+        self.setFormatter(formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.send(self.format(record), **journal_fields(record))
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            self.handleError(record)
+
+
+def _journal_send() -> Callable[..., Any] | None:
+    try:
+        from systemd import journal  # type: ignore[import-not-found]  # python3-systemd
+    except ImportError:
+        return None
+    return getattr(journal, "send", None)
+
+
 def configure_logging(fmt: str = "text", verbosity: int = 0, stream: TextIO | None = None,
                       rate_limit: RateLimitFilter | None = None) -> logging.Handler:
-    """Install the daemon's single stderr handler on the root logger; returns the handler."""
+    """Install the daemon's single log handler on the root logger; returns the handler:
+    native journal entries with fields when journald holds stderr and python3-systemd is
+    importable, else one line per event on stderr."""
     stream = stream or sys.stderr
     journald = journald_attached(stream)
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter(journald) if fmt == "json" else KeyValueFormatter(journald))
+    send = _journal_send() if journald else None
+    handler: logging.Handler
+    if send is not None:
+        # No <N> prefix and no timestamp in MESSAGE: the entry has PRIORITY and its own time.
+        formatter = JsonFormatter(journald=False) if fmt == "json" else KeyValueFormatter(False)
+        formatter.include_timestamp = False
+        handler = JournalHandler(send, formatter)
+    else:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(JsonFormatter(journald) if fmt == "json"
+                             else KeyValueFormatter(journald))
     handler.addFilter(rate_limit or RateLimitFilter())
     root = logging.getLogger()
     for old in list(root.handlers):

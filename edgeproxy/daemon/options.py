@@ -86,6 +86,45 @@ def _ipv6_or_empty(value: Any) -> str:
     return "" if str(value) == "" else str(ipaddress.IPv6Address(str(value)))
 
 
+def _ipv4_or_empty(value: Any) -> str:
+    return "" if str(value) == "" else _ipv4(value)
+
+
+def _service_cidr(value: Any) -> str:
+    """One CIDR per family, comma-separated (or a list); '' turns allocation off."""
+    from edgeproxy.state.allocation import ServiceCIDRs
+
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return str(ServiceCIDRs.parse([str(i) for i in items]))
+
+
+def _upstreams(value: Any) -> tuple[str, ...]:
+    """IP, IP:PORT or [IPv6]:PORT, comma-separated (or a list); empty: /etc/resolv.conf."""
+    from edgeproxy.dns.upstream import parse_upstream
+
+    items = value if isinstance(value, (list, tuple)) else \
+        [part for part in str(value).split(",") if part.strip()]
+    for item in items:
+        parse_upstream(str(item))
+    return tuple(str(item).strip() for item in items)
+
+
+def _domain(value: Any) -> str:
+    text = str(value).strip().rstrip(".").lower()
+    labels = text.split(".")
+    if not text or len(text) > 200 or not all(
+            label and len(label) < 64 and label.replace("-", "").isalnum() for label in labels):
+        raise ValueError(f"{value!r} is not a domain name (e.g. cluster.local)")
+    return text
+
+
+def _ttl_seconds(value: Any) -> int:
+    seconds = parse_duration(value)
+    if not 0 <= seconds <= 3600:
+        raise ValueError(f"{value!r} is not between 0s and 1h")
+    return int(seconds)
+
+
 def _paths(value: Any) -> tuple[str, ...]:
     """A list of directories (config file) or a comma-separated one (flag); absolute only."""
     items = value if isinstance(value, (list, tuple)) else \
@@ -190,8 +229,9 @@ OPTIONS: tuple[Option, ...] = (
            "HOST:PORT for /healthz, /readyz, /status and POST /confirm-removal "
            "(default 127.0.0.1:10266; kube-proxy uses 10256); port 0 disables", "HOST:PORT"),
     Option("metrics_bind_address", "--metrics-bind-address", "metricsBindAddress",
-           "127.0.0.1:10259", parse_host_port,
-           "HOST:PORT for /metrics (default 127.0.0.1:10259; kube-proxy uses 10249); "
+           "127.0.0.1:10267", parse_host_port,
+           "HOST:PORT for /metrics (default 127.0.0.1:10267, clear of the Kubernetes ports: "
+           "kube-proxy uses 10249, kube-scheduler 10259); "
            "port 0 disables", "HOST:PORT"),
     Option("log_format", "--log-format", "logFormat", "text", str,
            "text (key=value) or json, one line per event", choices=LOG_FORMATS),
@@ -231,6 +271,43 @@ OPTIONS: tuple[Option, ...] = (
            _ipv6_or_empty, "IPv6 listen address ('' disables IPv6 capture)", "IP"),
     Option("listen_interface", "--listen-interface", "listenInterface", "edgeproxy0", str,
            "dummy interface holding the listen addresses (default edgeproxy0)", "NAME"),
+    Option("service_cidr", "--service-cidr", "serviceCIDR", "", _service_cidr,
+           "give Services without a clusterIP an address from this range (one CIDR per "
+           "family, comma-separated, primary family first; default '': such Services are "
+           "skipped); the address is a hash of namespace/name, the same on every node",
+           "CIDR[,CIDR]"),
+    Option("dns", "--dns", "dns", True, _bool,
+           "answer the cluster's DNS names from the manifests and forward the rest "
+           "(--no-dns turns the DNS server off)", is_bool=True),
+    Option("dns_listen_address", "--dns-listen-address", "dnsListenAddress", "169.254.96.53",
+           _ipv4_or_empty,
+           "IPv4 address of the DNS server, put on the listen interface (kubelet's / "
+           "edgecore's clusterDNS); '' for none", "IP"),
+    Option("dns_listen_address_v6", "--dns-listen-address-v6", "dnsListenAddressV6",
+           "fd65:6467:6570::53", _ipv6_or_empty, "IPv6 address of the DNS server ('' for none)",
+           "IP"),
+    Option("dns_port", "--dns-port", "dnsPort", 53, _within(int, 1, 65535),
+           "port of the DNS server (default 53)", "PORT"),
+    Option("cluster_domain", "--cluster-domain", "clusterDomain", "cluster.local", _domain,
+           "the cluster's DNS domain, as kubelet's --cluster-domain (default cluster.local)",
+           "DOMAIN"),
+    Option("dns_ttl", "--dns-ttl", "dnsTTL", "5s", _ttl_seconds,
+           "TTL of the cluster records (Go duration, 0s to 1h; default 5s, as CoreDNS)",
+           "DURATION"),
+    Option("dns_upstreams", "--dns-upstreams", "dnsUpstreams", [], _upstreams,
+           "resolvers for names outside the cluster domain, IP[:PORT] comma-separated "
+           "(default: the nameservers of /etc/resolv.conf, never edgeproxy itself)",
+           "IP[:PORT][,...]"),
+    _duration_option("dns_upstream_timeout", "--dns-upstream-timeout", "dnsUpstreamTimeout",
+                     "2s", "how long one forwarded query may wait for the upstreams, retries "
+                     "included"),
+    Option("dns_cache_size", "--dns-cache-size", "dnsCacheSize", 10000, _positive_int,
+           "forwarded answers kept (default 10000, as CoreDNS's cache)", "N"),
+    _duration_option("dns_serve_stale", "--dns-serve-stale", "dnsServeStale", "24h",
+                     "serve an expired forwarded answer for this long after its TTL when no "
+                     "upstream answers (RFC 8767); 0 disables"),
+    Option("dns_max_tcp_clients", "--dns-max-tcp-clients", "dnsMaxTcpClients", 256,
+           _positive_int, "DNS clients served over TCP at once (default 256)", "N"),
     # Which endpoints this node uses, and remembering which answer (docs/endpoints.md).
     Option("node_name", "--hostname-override", "nodeName", "", _node_name,
            "this node's name as EndpointSlices' nodeName spell it (default: the host name, "

@@ -19,6 +19,7 @@ RESTART_ONLY = frozenset({
     "manifests", "iptables_backend", "proxy_port_range", "healthz_bind_address",
     "metrics_bind_address", "state_dir", "listen_address", "listen_address_v6",
     "listen_interface", "allow_insecure_manifests", "trusted_manifest_roots", "config_file",
+    "dns", "dns_listen_address", "dns_listen_address_v6", "dns_port", "dns_max_tcp_clients",
 })
 
 

@@ -75,7 +75,12 @@ class BoundedFrequencyRunner:
     def pending(self) -> bool:
         return self._requested.is_set()
 
-    def start(self) -> None:
+    def start(self, ran_at: float | None = None) -> None:
+        """Start the loop. ``ran_at``: when a run the caller made itself started (the daemon's
+        initial sync), so the first periodic run comes ``max_interval`` after it instead of at
+        once (which was a second full rescan right after the start)."""
+        if ran_at is not None:
+            self._last_start = ran_at
         if self._greenlet is None or self._greenlet.dead:
             self._greenlet = gevent.spawn(self._loop)
 

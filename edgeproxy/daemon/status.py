@@ -71,12 +71,23 @@ def _watcher(daemon: DaemonView) -> dict[str, Any] | None:
             "restartsTotal": watcher.restarts_total, "watchdog": watcher.watchdog_version}
 
 
+def _dns(daemon: DaemonView) -> dict[str, Any] | None:
+    if daemon.dns is None:
+        return None
+    try:
+        return daemon.dns.status()
+    except Exception as exc:  # noqa: BLE001 - status must answer even when a piece misbehaves
+        return {"error": str(exc)}
+
+
 def build_status(daemon: DaemonView) -> dict[str, Any]:
     from edgeproxy.forwarding.stats import ServiceStats
 
     no_stats = ServiceStats()  # a service port the forwarder does not (yet) report on
     state = daemon.applied
     stats = _stats(daemon)
+    computed = daemon.last_computed
+    allocated = computed.allocated if computed is not None else {}
     reports = _endpoint_reports(daemon)
     services = []
     for key in sorted(state.ports):
@@ -86,6 +97,8 @@ def build_status(daemon: DaemonView) -> dict[str, Any]:
             "service": key.comment,
             "protocol": key.protocol.value,
             "vips": [f"{vip}:{sp.port}" for vip in sp.vips],
+            # The cluster IP came from --service-cidr, not from the manifest.
+            "allocated": (key.namespace, key.name) in allocated,
             "proxyPort": daemon.proxy_ports.get(key),
             "endpoints": [str(ep) for ep in sp.endpoints],
             "sessionAffinity": sp.session_affinity,
@@ -108,7 +121,6 @@ def build_status(daemon: DaemonView) -> dict[str, Any]:
                 "source": str(v.source)}
                for v in state.services if v.verdict.value == "skip"]
     keeper = daemon.keeper
-    computed = daemon.last_computed
     held = daemon.held
     try:
         problems = daemon.health_problems()
@@ -135,6 +147,12 @@ def build_status(daemon: DaemonView) -> dict[str, Any]:
                   "maxRemovalRatio": daemon.config.max_removal_ratio,
                   "holdsTotal": daemon.counters.holds_total},
         "watcher": _watcher(daemon),
+        "dns": _dns(daemon),
+        "allocatedClusterIPs": [
+            {"service": f"{ns}/{name}", "clusterIPs": list(ips)}
+            for (ns, name), ips in sorted(allocated.items())],
+        "unallocated": [{"service": f"{ns}/{name}", "reason": why} for (ns, name), why in
+                        sorted((computed.unallocated if computed is not None else {}).items())],
         "retrying": [str(p) for p in computed.retry] if computed is not None else [],
         "dataPathRepairsTotal": daemon.proxy.repairs_total if daemon.proxy is not None else 0,
         "repairs": {"total": keeper.repairs_total if keeper is not None else 0,
@@ -174,7 +192,9 @@ def render_text(doc: dict[str, Any]) -> str:
     for s in services:
         vips = ",".join(s.get("vips") or []) or "-"
         eps = ", ".join(s.get("endpoints") or []) or "no endpoints"
-        lines.append(f"  {s['service']} {vips}/{s['protocol']} -> :{s.get('proxyPort')} -> "
+        allocated = " (allocated)" if s.get("allocated") else ""
+        lines.append(f"  {s['service']} {vips}/{s['protocol']}{allocated} -> "
+                     f":{s.get('proxyPort')} -> "
                      f"{eps}  (connections {s.get('activeConnections', 0)}, "
                      f"dial failures {s.get('dialFailuresTotal', 0)})")
         lines += _endpoint_lines(s)
@@ -189,6 +209,19 @@ def render_text(doc: dict[str, Any]) -> str:
         what = f" {e['kind']} {e.get('namespace') or 'default'}/{e['name']}" if e.get("name") else ""
         path = f" {e['path']}" if e.get("path") else ""
         lines.append(f"  {where}{what}{path}: {e['message']}")
+    allocated = doc.get("allocatedClusterIPs") or []
+    if allocated or doc.get("unallocated"):
+        lines.append(f"\ncluster IPs allocated from serviceCIDR ({len(allocated)}):")
+        for a in allocated:
+            lines.append(f"  {a['service']}: {', '.join(a['clusterIPs'])}")
+        for u in doc.get("unallocated") or []:
+            lines.append(f"  {u['service']}: none ({u['reason']})")
+    dns = doc.get("dns")
+    if dns and "error" not in dns:
+        lines.append(f"\ndns: {', '.join(dns.get('listen') or [])} for {dns.get('domain')}: "
+                     f"{dns.get('services', 0)} services, {dns.get('names', 0)} names; "
+                     f"upstreams {', '.join(dns.get('upstreams') or []) or 'none'}"
+                     f"{' (DOWN: serving stale)' if dns.get('upstreamsDown') else ''}")
     repairs = doc.get("repairs") or {}
     lines.append(f"\nchain repairs: {repairs.get('total', 0)}")
     return "\n".join(lines) + "\n"

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Protocol, runtime_checkable
+from typing import Mapping, Protocol, Sized, runtime_checkable
 
 from edgeproxy.daemon.config import DaemonConfig
 from edgeproxy.daemon.guard import GuardDecision
+from edgeproxy.dns.server import DnsStats
 from edgeproxy.forwarding.stats import PortEndpointsReport, ServiceStats
 from edgeproxy.model import DesiredState, ListenAddresses, ManifestError, ServicePortKey
 from edgeproxy.rules.backends.check import CheckReport
@@ -38,6 +39,7 @@ class DaemonCounters:
     sync_duration_sum: float = 0.0
     sync_duration_buckets: list[int] = field(default_factory=lambda: [0] * len(SYNC_BUCKETS))
     last_sync_seconds: float = 0.0
+    cluster_ip_changes_total: int = 0  # allocated cluster IPs that moved (a collision)
 
     def observe_sync(self, seconds: float) -> None:
         self.syncs_total += 1
@@ -79,8 +81,19 @@ class WatcherView(Protocol):
 
 
 @runtime_checkable
+class BudgetView(Protocol):
+    """The forwarders' descriptor budget (forwarding/budget.py)."""
+
+    total: int
+    used: int
+    exhausted_total: dict[str, int]  # by protocol: new traffic that had to wait or was dropped
+    evicted_total: int  # UDP sessions closed to make room
+
+
+@runtime_checkable
 class ProxyView(Protocol):
     repairs_total: int  # data-path repairs: interface, addresses, listeners
+    budget: BudgetView
 
     def stats(self) -> Mapping[ServicePortKey, ServiceStats]: ...
 
@@ -97,6 +110,42 @@ class ComputedView(Protocol):
     root_error: str | None
     errors: tuple[ManifestError, ...]
     retry: tuple[Path, ...]  # files that look half-written: read again shortly
+    # (namespace, name) -> cluster IPs given from serviceCIDR, and why some got none.
+    allocated: Mapping[tuple[str, str], tuple[str, ...]]
+    unallocated: Mapping[tuple[str, str], str]
+
+
+@runtime_checkable
+class DnsView(Protocol):
+    """The DNS server (edgeproxy/dns/server.py)."""
+
+    stats: DnsStats
+    forwarder: ForwarderView
+    cache: Sized
+
+    def status(self) -> dict: ...
+
+    def health_problems(self) -> list[str]: ...
+
+
+@runtime_checkable
+class ForwarderView(Protocol):
+    errors_total: Mapping[str, int]  # "host:port" -> failed attempts
+    down: bool
+
+
+@runtime_checkable
+class WorkerView(Protocol):
+    """The parse worker process (manifests/worker.py)."""
+
+    starts_total: int
+    kills_total: int  # killed for a timeout or replaced after a crash
+    recycles_total: int  # replaced to give memory back
+
+
+@runtime_checkable
+class ComputerView(Protocol):
+    worker: WorkerView | None
 
 
 @runtime_checkable
@@ -111,6 +160,8 @@ class DaemonView(Protocol):
     held: GuardDecision | None
     keeper: KeeperView | None  # None until started
     proxy: ProxyView | None
+    computer: ComputerView | None
+    dns: DnsView | None  # None when --no-dns (or not started)
     watcher: WatcherView | None  # None when not watching (or not started)
     last_phases: Mapping[str, float]
     last_applied_wall: float | None

@@ -82,3 +82,31 @@ def wait_until(predicate: Callable[[], object], timeout: float,
         if time.monotonic() - start > timeout:
             return None
         time.sleep(interval)
+
+
+def pod_resolv_conf(nameserver: str, namespace: str = "default",
+                    domain: str = "cluster.local") -> str:
+    """The /etc/resolv.conf kubelet writes into a pod of ``namespace`` (clusterDNS, the
+    search path, ndots:5)."""
+    return (f"nameserver {nameserver}\n"
+            f"search {namespace}.svc.{domain} svc.{domain} {domain}\n"
+            "options ndots:5 timeout:2 attempts:2\n")
+
+
+def run_with_resolv_conf(ns: NetNS, resolv_conf: str, argv: list[str],
+                         timeout: float = 15.0):
+    """Run ``argv`` in ``ns`` seeing ``resolv_conf`` as /etc/resolv.conf, as in a pod: in a
+    private mount namespace with the file bind-mounted (the host's own file is untouched)."""
+    import os
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", prefix="edgeproxy-resolv-", suffix=".conf",
+                                     delete=False) as handle:
+        handle.write(resolv_conf)
+    try:
+        os.chmod(handle.name, 0o644)
+        script = 'mount --bind "$0" /etc/resolv.conf && exec "$@"'
+        return ns.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                       handle.name, *argv], check=False, timeout=timeout)
+    finally:
+        os.unlink(handle.name)

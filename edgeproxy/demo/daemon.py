@@ -21,9 +21,10 @@ from typing import Sequence
 
 from edgeproxy.demo.clients import http_request
 from edgeproxy.demo.netns import NetNS
+from edgeproxy.demo.topology import DNS_BACKEND, DNS_PORT
 
 HEALTHZ = "127.0.0.1:10266"
-METRICS = "127.0.0.1:10259"
+METRICS = "127.0.0.1:10267"
 
 
 class DaemonError(RuntimeError):
@@ -86,6 +87,9 @@ class Daemon:
                 "--state-dir", str(self.workdir / "state"),
                 "--healthz-bind-address", HEALTHZ,
                 "--metrics-bind-address", METRICS,
+                # Names outside the cluster go to the topology's resolver, never to the
+                # host's (the node namespace has no way out anyway).
+                "--dns-upstreams", f"{DNS_BACKEND}:{DNS_PORT}",
                 *self.extra_args]
 
     def start(self) -> "Daemon":

@@ -40,6 +40,9 @@ ECHO_PORT = 7000
 METRICS_PORT = 9100
 DNS_PORT = 5353
 DNS_RECORD = ("web.default.svc.cluster.local", "198.19.0.10")
+# A name only the upstream (dnsmasq) knows: what edgeproxy's DNS forwards, caches, and serves
+# stale when the upstream is gone.
+UPSTREAM_RECORD = ("www.example.org", "192.0.2.80")
 
 # Cluster IPs of the example manifests.
 WEB_VIP = "198.19.0.10"
@@ -108,7 +111,8 @@ class Topology:
         proc = self.backends.popen(
             ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
              "--no-hosts", "--bind-interfaces", f"--listen-address={DNS_BACKEND}",
-             f"--port={DNS_PORT}", f"--host-record={name},{addr}", "--pid-file=",
+             f"--port={DNS_PORT}", f"--host-record={name},{addr}",
+             "--host-record={},{}".format(*UPSTREAM_RECORD), "--local-ttl=60", "--pid-file=",
              "--user=root", "--log-facility=-"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.processes.append(proc)

@@ -7,6 +7,8 @@ walks through what a user cares about, printing plain words plus the real
 
 1. traffic to the cluster IPs from a pod (nat PREROUTING) and from the node itself (OUTPUT);
 2. the labelled service left to kube-proxy;
+   a pod resolving services by name through edgeproxy's DNS (cluster names from the
+   manifests, an outside name forwarded to the upstream and cached);
 3. a hot reload: a new manifest file is written and its service answers (time measured);
 4. kube-proxy re-inserting its jump at position 1 and edgeproxy putting its own back in front;
 5. SIGTERM: edgeproxy hands the traffic back (its rules are gone) and exits 0.
@@ -29,14 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from edgeproxy.demo.clients import echo_line, http_get, wait_until
+from edgeproxy.demo.clients import (echo_line, http_get, pod_resolv_conf, run_with_resolv_conf,
+                                    wait_until)
 from edgeproxy.demo.daemon import (Daemon, DaemonError, copy_examples, edgeproxy_argv,
                                    kernel_has_dummy, make_workdir)
 from edgeproxy.demo.kube_proxy import Iptables, StandInKubeProxy
 from edgeproxy.demo.netns import delete_all_live, netns_unavailable_reason
 from edgeproxy.demo.topology import (DNS_BACKEND, DNS_RECORD, DNS_VIP, ECHO_VIP, METRICS_PORT,
-                                     METRICS_VIP, POD_ADDR, WEB_BACKENDS, WEB_PORT, WEB_VIP,
-                                     Topology, TopologyError)
+                                     METRICS_VIP, POD_ADDR, UPSTREAM_RECORD, WEB_BACKENDS,
+                                     WEB_PORT, WEB_VIP, Topology, TopologyError)
 
 NEW_SERVICE_FILE = "api.yaml"
 API_VIP = "198.19.0.40"
@@ -73,6 +76,7 @@ KUBE_PROXY_SERVICES = [
     (METRICS_VIP, METRICS_PORT, WEB_BACKENDS["web-1"], METRICS_PORT),
     (WEB_VIP, 80, STALE_WEB_POD, WEB_PORT),
 ]
+CLUSTER_DNS = "169.254.96.53"  # edgeproxy's --dns-listen-address default
 REPAIR_WAIT = 10.0  # seconds; the daemon checks the chain order every --iptables-sync-period
 
 
@@ -189,6 +193,7 @@ class Demo:
             self._check("pod to cluster IPs", self._pod_traffic)
             self._check("node to cluster IPs", self._node_traffic)
             self._check("labelled service left to kube-proxy", self._labelled_service)
+            self._check("pod resolves services by name", self._cluster_dns)
             self._check("hot reload", self._hot_reload)
             self._check("chain order repair", self._chain_repair)
             self._check("status", self._status)
@@ -319,6 +324,39 @@ class Demo:
         if any(METRICS_VIP in line and "KUBE-PORTALS" in line for line in portals.splitlines()):
             raise DemoFailure(f"edgeproxy has a rule for {METRICS_VIP}")
         self.p.ok("answered by kube-proxy's DNAT; edgeproxy has no rule for it")
+
+    def _pod_with_dns(self, argv: list[str]) -> str:
+        """Run ``argv`` in the pod with the resolv.conf kubelet writes (clusterDNS: edgeproxy)."""
+        assert self.topo is not None
+        result = run_with_resolv_conf(self.topo.pod, pod_resolv_conf(CLUSTER_DNS), argv)
+        self.p.command(f"ip netns exec pod {shlex.join(argv)}", result.stdout +
+                       (result.stderr if result.returncode else ""))
+        if result.returncode != 0:
+            raise DemoFailure(f"`{' '.join(argv)}` exited {result.returncode}")
+        return result.stdout
+
+    def _cluster_dns(self) -> None:
+        assert self.topo is not None
+        self.p.step("A pod finds services by name: edgeproxy's DNS, from the manifests")
+        self.p.say("The node is offline: the cluster's CoreDNS is out of reach. edgeproxy answers")
+        self.p.say(f"the cluster names itself on {CLUSTER_DNS}:53 (kubelet's clusterDNS); the pod's")
+        self.p.say("resolv.conf is the one kubelet writes:")
+        for line in pod_resolv_conf(CLUSTER_DNS).splitlines():
+            self.p.say(f"  {line}")
+        hosts = self._pod_with_dns(["getent", "hosts", "web"])
+        if WEB_VIP not in hosts:
+            raise DemoFailure(f"`web` resolved to {hosts.strip()!r}, expected {WEB_VIP}")
+        body = self._pod_with_dns(["curl", "-sS", "--max-time", "3", "http://web/"]).strip()
+        if body not in ("web-1", "web-2"):
+            raise DemoFailure(f"http://web/ answered {body!r}")
+        self._pod_with_dns(["dig", "+noall", "+answer", "+authority", "SRV",
+                            "_http._tcp.web.default.svc.cluster.local"])
+        name, addr = UPSTREAM_RECORD
+        first = self._pod_with_dns(["getent", "hosts", name])
+        if addr not in first:
+            raise DemoFailure(f"{name} was not forwarded: {first.strip()!r}")
+        self.p.ok(f"`web` is {WEB_VIP} (curl http://web/ answered {body}); {name} was "
+                  f"forwarded to the upstream ({DNS_BACKEND}:5353) and is now cached")
 
     def _hot_reload(self) -> None:
         assert self.topo is not None and self.daemon is not None

@@ -1,7 +1,9 @@
 """edgeproxy's own interface and the routes an offline node needs (a thin shell around `ip`).
 
 * `ensure_interface` creates the dummy interface ``edgeproxy0`` holding the listen addresses
-  (169.254.96.17/32 and fd65:6467:6570::1/128 ``nodad``), idempotently, and marks it ours
+  (169.254.96.17/32 and fd65:6467:6570::1/128 ``nodad``) and the DNS server's
+  (169.254.96.53/32 and fd65:6467:6570::53/128 by default, ``ListenAddresses.dns``),
+  idempotently, and marks it ours
   (``ip link set edgeproxy0 alias edgeproxy``). Both nat paths DNAT to these addresses, so
   listeners bind only there and are no second way into the node. An interface of that name
   found at start is adopted when it carries our mark or is a dummy/bridge holding nothing but
@@ -80,8 +82,13 @@ def interface_info(name: str, run: Runner = IP) -> InterfaceInfo | None:
                          addresses)
 
 
-def _ours(info: InterfaceInfo, listen: ListenAddresses) -> bool:
+def _host_prefixes(listen: ListenAddresses) -> set[str]:
     wanted = {f"{listen.ipv4}/32"} | ({f"{listen.ipv6}/128"} if listen.ipv6 else set())
+    return wanted | {_host_prefix(a) for a in listen.dns}
+
+
+def _ours(info: InterfaceInfo, listen: ListenAddresses) -> bool:
+    wanted = _host_prefixes(listen)
     return info.alias == OWNER_ALIAS or (info.kind in ADOPTABLE_KINDS and info.addresses <= wanted)
 
 
@@ -116,14 +123,22 @@ def ensure_interface(listen: ListenAddresses, run: Runner = IP) -> InterfaceSetu
     _check(run(["ip", "link", "set", name, "up"]), f"ip link set {name} up")
     _check(run(["ip", "addr", "replace", f"{listen.ipv4}/32", "dev", name]),
            f"ip addr replace {listen.ipv4}/32 dev {name}")
-    if not listen.ipv6:
-        return InterfaceSetup(False, owned)
-    result = run(["ip", "-6", "addr", "replace", f"{listen.ipv6}/128", "dev", name, "nodad"])
-    if result.returncode != 0:
-        log.warning("IPv6 listen address %s not configured (%s); IPv6 services are not proxied",
-                    listen.ipv6, result.stderr.strip())
-        return InterfaceSetup(False, owned)
-    return InterfaceSetup(True, owned)
+    ipv6 = False
+    if listen.ipv6:
+        result = run(["ip", "-6", "addr", "replace", f"{listen.ipv6}/128", "dev", name,
+                      "nodad"])
+        ipv6 = result.returncode == 0
+        if not ipv6:
+            log.warning("IPv6 listen address %s not configured (%s); IPv6 services are not "
+                        "proxied", listen.ipv6, result.stderr.strip())
+    for address in listen.dns:
+        v6 = ":" in address
+        result = run(["ip", *(["-6"] if v6 else []), "addr", "replace", _host_prefix(address),
+                      "dev", name, *(["nodad"] if v6 else [])])
+        if result.returncode != 0:
+            log.warning("DNS address %s not configured on %s (%s)", address, name,
+                        result.stderr.strip())
+    return InterfaceSetup(ipv6, owned)
 
 
 def remove_interface(listen: ListenAddresses, run: Runner = IP) -> bool:
@@ -159,6 +174,8 @@ def data_path_problems(listen: ListenAddresses, ipv6: bool) -> list[str]:
         probe.close()
     wanted = [(_socket.AF_INET, listen.ipv4)] + ([(_socket.AF_INET6, listen.ipv6)]
                                                  if ipv6 and listen.ipv6 else [])
+    wanted += [(_socket.AF_INET6 if ":" in a else _socket.AF_INET, a) for a in listen.dns
+               if ipv6 or ":" not in a]
     for family, address in wanted:
         sock = _socket.socket(family, _socket.SOCK_DGRAM)
         try:

@@ -181,6 +181,8 @@ class Half:
             if not self.bulk:
                 n = self._copy_once(_small_buffer, _small_view)
                 if n < BULK_HINT:
+                    if n > 0:
+                        self._eof_right_behind()
                     return  # a small message (or nothing, EOF, a full dst: all handled)
                 # A stream: splice from now on. Sticky on purpose: flipping back on every short
                 # read would send 16 KiB pieces with TCP_NODELAY in the middle of a stream.
@@ -285,6 +287,30 @@ class Half:
             self._wait_writable()
             return -1
         return n
+
+    def _eof_right_behind(self) -> None:
+        """After relaying a small message: if src's FIN is already queued behind it, pass it
+        on now, right behind the data, instead of at the next readable event.
+
+        A backend that answers and closes (HTTP/1.0, Connection: close) sends the response and
+        its FIN back to back. Relayed one loop iteration apart, the client has read the whole
+        response before our FIN comes and closes first, so *its* side of every connection sits
+        in TIME_WAIT for 60 s: at a few thousand connections a second the client's ephemeral
+        ports fill with TIME_WAIT for the service address and each of its connect() calls has
+        to search past them (measured: wrk's request left 22 ms after its SYN instead of
+        0.5 ms, 7,000 -> 700 req/s from the second round on). With the FIN right behind the
+        data the client sees both at once, as through kernel DNAT, and closes second; the
+        TIME_WAIT stays on our accepted socket, where it costs nobody a port."""
+        try:
+            peeked = self.src.recv(1, _socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return  # nothing more queued (the usual case on a keep-alive connection)
+        except OSError:
+            return  # reset: the next readable event handles it
+        if not peeked and not self.pending and not self.done:
+            self.eof = True
+            self.rw.stop()
+            self._finish()
 
     def _copy_rounds(self) -> None:
         self.conn.last_active = _monotonic()

@@ -14,14 +14,18 @@ from edgeproxy.model import DesiredState, FilterMode, KubeObject, LoadLimits, Ma
 
 
 def load_objects(paths: Sequence[Path], limits: LoadLimits | None = None,
+                 trusted_roots: Sequence[str | Path] = (),
                  ) -> tuple[list[KubeObject], list[ManifestError]]:
-    """All objects and errors of the given files/directories, in path order."""
+    """All objects and errors of the given files/directories, in path order. Symlinks may
+    lead out of each path only into ``trusted_roots`` (the daemon's trustedManifestRoots)."""
     from .catalog import ManifestCatalog
+    from .reader import TrustPolicy
 
+    policy = TrustPolicy(trusted_roots=tuple(Path(r) for r in trusted_roots))
     objects: list[KubeObject] = []
     errors: list[ManifestError] = []
     for path in paths:
-        snapshot = ManifestCatalog(Path(path), limits).refresh()
+        snapshot = ManifestCatalog(Path(path), limits, policy=policy).refresh()
         if snapshot.root_error:
             errors.append(ManifestError(str(path), None, None, None, None, "",
                                         snapshot.root_error))

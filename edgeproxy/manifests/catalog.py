@@ -18,7 +18,8 @@ process (`loader`). Files that changed are loaded as one batch per refresh.
 
 Half-written files: a file whose load failed in a way a writer still at work explains (it
 changed while read, vanished, or does not parse) and whose mtime is younger than ``settle``
-seconds, and a file the watcher says is still open for writing, are not believed yet: the
+seconds, and a file the watcher says is still open for writing (written to in the last
+``WRITING_HOLD`` seconds), are not believed yet: the
 last good version keeps serving (a new file serves nothing), ``snapshot.retry`` names them,
 and the daemon refreshes them again shortly. Only a failure that outlives the window is
 reported. (``settle=0``, for ``validate``: every file is judged as it is now.)
@@ -43,6 +44,9 @@ from .reader import TrustContext, TrustPolicy
 # loader(paths, root, policy, limits) -> {path: LoadResult}; see worker.ParseWorker.load
 Loader = Callable[[list[Path], Path, TrustPolicy, LoadLimits], Mapping[Path, LoadResult]]
 DEFAULT_SETTLE = 2.0  # seconds a failing file may still be "being written" (the daemon's)
+# How long a file the watcher sees open for writing is held, counted from its last write: a
+# writer that pauses longer mid-file is read as it is (a stuck writer must not freeze a file).
+WRITING_HOLD = 10.0
 
 
 def load_in_process(paths: list[Path], root: Path, policy: TrustPolicy,
@@ -199,7 +203,7 @@ class ManifestCatalog:
             return
         if previous is not None and previous.stat_key == stat_key(st):
             return
-        if path in self._writing and time.time() - st.st_mtime < self.settle:
+        if path in self._writing and self.settle and time.time() - st.st_mtime < WRITING_HOLD:
             self._retry.append(path)  # still open for writing: wait for its close
             return
         self._to_load[path] = previous

@@ -37,8 +37,8 @@ def test_examples_json_shape() -> None:
     by_name = {s["name"]: s for s in report["services"]}
     assert set(by_name) == {"web", "echo", "edge-dns", "node-metrics"}
     web = by_name["web"]
-    assert set(web) == {"file", "document", "namespace", "name", "verdict", "reason",
-                        "trafficPolicy", "ports"}
+    assert set(web) == {"file", "document", "namespace", "name", "verdict", "reason", "ports",
+                        "allocatedClusterIPs", "trafficPolicy"}
     assert web["trafficPolicy"] == {"internalTrafficPolicy": "Cluster",
                                     "externalTrafficPolicy": "Cluster"}
     assert (web["verdict"], web["reason"], web["document"]) == ("proxy", None, "0")
@@ -138,7 +138,29 @@ def test_text_errors_and_missing_path() -> None:
 
 def test_usage_error_exit_2() -> None:
     assert run_cli().returncode == 2
-    assert run_cli("-o", "yaml", str(EXAMPLES)).returncode == 2
+    assert run_cli("-o", "xml", str(EXAMPLES)).returncode == 2
+
+
+def test_yaml_output_is_the_json_report() -> None:
+    import yaml
+
+    as_json = json.loads(run_cli("-o", "json", str(EXAMPLES)).stdout)
+    assert yaml.safe_load(run_cli("-o", "yaml", str(EXAMPLES)).stdout) == as_json
+
+
+def test_the_filter_mode_comes_from_the_config_file_unless_a_flag_says(tmp_path) -> None:
+    config = tmp_path / "edgeproxy.yaml"
+    config.write_text("serviceFilterMode: FilterIfLabelDoesNotExists\n")
+    report = json.loads(run_cli("-o", "json", "--config", str(config), str(EXAMPLES)).stdout)
+    verdicts = {s["name"]: s["verdict"] for s in report["services"]}
+    assert verdicts["node-metrics"] == "proxy" and verdicts["web"] == "skip"
+    flagged = json.loads(run_cli("-o", "json", "--config", str(config), "--service-filter-mode",
+                                 "FilterIfLabelExists", str(EXAMPLES)).stdout)
+    assert {s["name"]: s["verdict"] for s in flagged["services"]}["web"] == "proxy"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("serviceFilterMode: Sometimes\n")
+    result = run_cli("--config", str(bad), str(EXAMPLES))
+    assert result.returncode == 2 and "serviceFilterMode" in result.stderr
 
 
 def test_corpus_file_reports_conflicts(corpus_dir: Path, capsys) -> None:
@@ -148,3 +170,22 @@ def test_corpus_file_reports_conflicts(corpus_dir: Path, capsys) -> None:
     assert "conflict: 10.10.0.1:80/TCP claimed by default/native-svc and " \
            "default/native-disabled-svc" in out
     assert "skip   default/external-svc " in out
+
+
+def test_service_cidr_shows_allocated_cluster_ips(tmp_path) -> None:
+    (tmp_path / "plain.yaml").write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: plain, namespace: default}\n"
+        "spec: {ports: [{port: 80}]}\n")
+    skipped = run_cli(str(tmp_path))
+    assert "skip   default/plain" in skipped.stdout and "no-cluster-ip" in skipped.stdout
+    text = run_cli("--service-cidr", "198.19.128.0/17", str(tmp_path))
+    assert "proxy  default/plain" in text.stdout and "(allocated)" in text.stdout
+    doc = json.loads(run_cli("--service-cidr", "198.19.128.0/17", "-o", "json",
+                             str(tmp_path)).stdout)
+    (svc,) = doc["services"]
+    (ip,) = svc["allocatedClusterIPs"]
+    assert svc["verdict"] == "proxy" and svc["ports"][0]["vips"] == [ip]
+    again = json.loads(run_cli("--service-cidr", "198.19.128.0/17", "-o", "json",
+                               str(tmp_path)).stdout)
+    assert again["services"][0]["allocatedClusterIPs"] == [ip]  # another node, same address
+    assert run_cli("--service-cidr", "nonsense", str(tmp_path)).returncode == 2

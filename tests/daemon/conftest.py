@@ -4,7 +4,7 @@ import pytest
 
 from edgeproxy.daemon.config import build_config
 from edgeproxy.daemon.core import Daemon
-from tests.daemon.fakes import FakeComputer, FakeKeeper, FakeProxy
+from tests.daemon.fakes import FakeComputer, FakeDns, FakeKeeper, FakeProxy
 
 
 @pytest.fixture
@@ -16,7 +16,8 @@ def daemon():
     keeper = FakeKeeper(proxy.calls)
     d = Daemon(config, factories={"computer": lambda: computer, "proxy": lambda: proxy,
                                   "keeper": lambda: keeper,
-                                  "render": lambda: lambda ports, pp, listen, second: dict(pp)},
+                                  "render": lambda: lambda ports, pp, listen, second: dict(pp),
+                                  "dns": FakeDns},
                watch=False, environ={})
     d.start()
     yield d

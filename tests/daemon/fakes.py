@@ -25,11 +25,27 @@ def state(*names, errors=()):
     return DesiredState(ports=ports, services=(skipped,), errors=tuple(errors))
 
 
+@dataclass
+class FakeWorker:
+    starts_total: int = 1
+    kills_total: int = 0
+    recycles_total: int = 2
+
+
+@dataclass
+class FakeBudget:
+    total: int = 1000
+    used: int = 10
+    exhausted_total: dict = field(default_factory=lambda: {"tcp": 0, "udp": 3})
+    evicted_total: int = 4
+
+
 class FakeComputer:
     def __init__(self):
         self.filter_mode = FilterMode.FILTER_IF_LABEL_EXISTS
         self.next = Computed(state("a", "b", "c", "d"), None, 4)
         self.calls = []
+        self.worker = FakeWorker()
 
     def compute(self, changed, writing=frozenset()):
         self.calls.append(changed)
@@ -46,6 +62,7 @@ class FakeProxy:
         self.udp_timeout, self.tcp_idle_timeout, self.drain_grace = 30.0, None, 0.0
         self.max_connections = 10000
         self.repairs_total = 0
+        self.budget = FakeBudget()
         self.problems: list[str] = []  # what health_problems() reports
         self.repairs: list[str] = []  # what the next verify() repairs
 
@@ -81,6 +98,44 @@ class FakeProxy:
 
     def stop(self, grace=None):
         self.calls.append("stop")
+
+
+class FakeForwarder:
+    def __init__(self):
+        self.errors_total = {"192.0.2.53:53": 2}
+        self.down = False
+
+
+class FakeDns:
+    """Stands in for dns.server.DnsServer: remembers the zones it was given."""
+
+    def __init__(self):
+        from edgeproxy.dns.server import DnsStats
+
+        self.stats = DnsStats()
+        self.stats.queries[("A", "answer")] = 3
+        self.forwarder = FakeForwarder()
+        self.cache: dict = {}
+        self.zones: list = []
+        self.calls: list = []
+
+    def start(self):
+        self.calls.append("start")
+
+    def update(self, zone):
+        self.zones.append(zone)
+
+    def configure(self, settings):
+        self.calls.append(("configure", settings))
+
+    def stop(self):
+        self.calls.append("stop")
+
+    def health_problems(self):
+        return []
+
+    def status(self):
+        return {"listen": ["169.254.96.53:53"], "domain": "cluster.local", "names": 0}
 
 
 @dataclass

@@ -14,7 +14,7 @@ def test_defaults():
     assert config.manifests == Path("/etc/edgeproxy")
     assert config.min_sync_period == pytest.approx(0.1)
     assert config.healthz_bind_address == ("127.0.0.1", 10266)
-    assert config.metrics_bind_address == ("127.0.0.1", 10259)
+    assert config.metrics_bind_address == ("127.0.0.1", 10267)
     assert config.cleanup_on_exit is True
 
 

@@ -13,7 +13,8 @@ from edgeproxy.daemon.http import healthz_app, metrics_app
 from edgeproxy.daemon.status import build_status, render_text
 from edgeproxy.forwarding.stats import ServiceStats
 from edgeproxy.model import ManifestError, Protocol, ServicePortKey
-from tests.daemon.fakes import FakeComputer, FakeKeeper, FakeProxy, FakeWatcher, state
+from tests.daemon.fakes import (FakeComputer, FakeDns, FakeKeeper, FakeProxy, FakeWatcher,
+                                state)
 
 
 def test_start_order_listeners_before_rules_then_ready(daemon):
@@ -123,7 +124,7 @@ def test_the_data_path_is_verified_every_period(daemon, caplog):
 def test_metrics_from_plain_counters(daemon):
     status, body = _call(metrics_app(daemon), "/metrics")
     assert status.startswith("200")
-    assert "edgeproxy_services_proxied 4.0" in body
+    assert "edgeproxy_service_ports_proxied 4.0" in body
     assert 'edgeproxy_services_skipped{reason="label"} 1.0' in body
     assert 'edgeproxy_active_connections{protocol="TCP",service="default/a"} 2.0' in body
     assert "edgeproxy_chain_repairs_total 1.0" in body
@@ -182,7 +183,8 @@ def test_sd_notify_ready_watchdog_and_stopping(tmp_path):
     proxy = FakeProxy()
     d = Daemon(config, factories={"computer": FakeComputer, "proxy": lambda: proxy,
                                   "keeper": lambda: FakeKeeper(proxy.calls),
-                                  "render": lambda: lambda ports, pp, listen: dict(pp)},
+                                  "render": lambda: lambda ports, pp, listen: dict(pp),
+                                  "dns": FakeDns},
                watch=False,
                environ={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000",
                         "WATCHDOG_PID": str(os.getpid())})
@@ -229,6 +231,93 @@ def test_sighup_rereads_the_config_file_live_and_restart_only_settings(daemon, t
     daemon.reload()
     assert daemon.config.sync_period == 3.0
     assert daemon.counters.config_errors_total == 1
+
+
+def test_metrics_an_operator_expects(daemon):
+    """Build info, kube-proxy's last-sync timestamp, process/python collectors, health, the
+    descriptor budget and the parse worker, and per-protocol series only where they apply."""
+    from edgeproxy.buildinfo import build_commit
+
+    tcp = ServicePortKey("default", "a", "", Protocol.TCP)
+    udp = ServicePortKey("kube-system", "dns", "dns", Protocol.UDP)
+    daemon.proxy.stats = lambda: {tcp: ServiceStats(active_connections=2),
+                                  udp: ServiceStats(udp_sessions=3)}
+    body = _call(metrics_app(daemon), "/metrics")[1]
+    assert f'commit="{build_commit()}"' in body and "edgeproxy_build_info{" in body
+    stamp = re.search(r"^edgeproxy_sync_proxy_rules_last_timestamp_seconds (\S+)$", body, re.M)
+    assert stamp and abs(float(stamp.group(1)) - time.time()) < 60
+    for family in ("process_resident_memory_bytes", "process_open_fds", "python_info",
+                   "python_gc_collections_total"):
+        assert family in body, family
+    assert "edgeproxy_healthy 1.0" in body
+    assert 'edgeproxy_descriptor_budget{state="total"} 1000.0' in body
+    assert 'edgeproxy_descriptor_budget_exhausted_total{protocol="UDP"} 3.0' in body
+    assert 'edgeproxy_parse_worker_restarts_total{why="recycled"} 2.0' in body
+    tcp_labels = '{protocol="TCP",service="default/a"}'
+    udp_labels = '{protocol="UDP",service="kube-system/dns:dns"}'
+    assert f"edgeproxy_active_connections{tcp_labels}" in body
+    assert f"edgeproxy_udp_sessions{tcp_labels}" not in body  # TCP ports have no sessions
+    assert f"edgeproxy_active_connections{udp_labels}" not in body
+    assert f"edgeproxy_udp_sessions{udp_labels} 3.0" in body
+    assert "edgeproxy_services_proxied" not in body  # it counted service ports: renamed
+
+
+def test_metrics_are_served_by_prometheus_client_with_negotiation_and_gzip(daemon):
+    import gzip
+
+    app = metrics_app(daemon)
+    headers = {}
+
+    def start_response(status, response_headers):
+        headers["status"] = status
+        headers.update(response_headers)
+
+    environ = {"PATH_INFO": "/metrics", "REQUEST_METHOD": "GET", "QUERY_STRING": "",
+               "HTTP_ACCEPT": "application/openmetrics-text; version=1.0.0",
+               "HTTP_ACCEPT_ENCODING": "gzip"}
+    data = b"".join(app(environ, start_response))
+    assert headers["status"].startswith("200")
+    assert headers["Content-Type"].startswith("application/openmetrics-text")
+    assert headers.get("Content-Encoding") == "gzip"
+    text = gzip.decompress(data).decode()
+    assert text.rstrip().endswith("# EOF") and "edgeproxy_service_ports_proxied 4" in text
+    assert _call(app, "/other")[0].startswith("404")
+
+
+def test_livez_and_kube_proxy_healthz_fields(daemon):
+    app = healthz_app(daemon)
+    assert _call(app, "/livez")[0].startswith("200")
+    body = json.loads(_call(app, "/healthz")[1])
+    assert set(body) >= {"lastUpdated", "currentTime", "nodeEligible", "problems"}
+
+
+def test_the_dns_zone_follows_the_manifests_in_the_same_sync_and_only_when_applied(daemon):
+    from edgeproxy.dns.records import build_zone
+    from edgeproxy.state.allocation import AddressChange
+
+    zone = build_zone([])
+    change = AddressChange(("default", "web"), ("198.19.128.1",), ("198.19.128.2",),
+                           "198.19.128.1 is the home of default/aaa")
+    daemon.computer.next = Computed(state("a", "b", "c", "d"), None, 4, zone=zone,
+                                    allocated={("default", "a"): ("198.19.0.10",)},
+                                    address_changes=(change,))
+    daemon.sync()
+    assert daemon.dns.zones[-1] is zone  # same services, new records: still updated
+    assert daemon.counters.cluster_ip_changes_total == 1
+    doc = build_status(daemon)
+    assert doc["allocatedClusterIPs"] == [{"service": "default/a",
+                                           "clusterIPs": ["198.19.0.10"]}]
+    assert [s["allocated"] for s in doc["services"] if s["service"] == "default/a"] == [True]
+    assert doc["dns"]["domain"] == "cluster.local" and "allocated" in render_text(doc)
+    body = _call(metrics_app(daemon), "/metrics")[1]
+    assert "edgeproxy_cluster_ip_changes_total 1.0" in body
+    assert 'edgeproxy_dns_queries_total{result="answer",type="A"} 3.0' in body
+    assert 'edgeproxy_dns_upstream_errors_total{upstream="192.0.2.53:53"} 2.0' in body
+    # A held mass removal keeps the last good zone too.
+    held_zone = build_zone([])
+    daemon.computer.next = Computed(state("a"), None, 1, zone=held_zone)
+    daemon.sync()
+    assert daemon.held is not None and daemon.dns.zones[-1] is zone
 
 
 def test_sighup_applies_node_identity_and_endpoint_health_settings(daemon, tmp_path):

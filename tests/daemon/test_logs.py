@@ -67,3 +67,49 @@ def test_rate_limit_per_template_and_suppressed_count():
     last = stream.getvalue().splitlines()[-1]
     assert "suppressed=997" in last
     assert limiter.suppressed_total == 997
+
+
+def test_native_journal_entries_carry_fields_when_python3_systemd_is_there(monkeypatch,
+                                                                           tmp_path):
+    """python3-systemd is optional: with a `systemd.journal` module and journald holding
+    stderr, each event is one journal entry with its fields; without, stderr lines."""
+    import os
+    import sys
+    import types
+
+    from edgeproxy.daemon import logs as logs_module
+
+    sent = []
+    journal = types.ModuleType("systemd.journal")
+    journal.send = lambda message, **fields: sent.append((message, fields))
+    package = types.ModuleType("systemd")
+    package.journal = journal
+    monkeypatch.setitem(sys.modules, "systemd", package)
+    monkeypatch.setitem(sys.modules, "systemd.journal", journal)
+    stream = open(tmp_path / "stderr", "w")
+    st = os.fstat(stream.fileno())
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    import logging
+
+    handler = logs_module.configure_logging("text", 0, stream=stream)
+    try:
+        assert isinstance(handler, logs_module.JournalHandler)
+        logs_module.log_event(logging.getLogger("edgeproxy.forwarding"), logging.WARNING,
+                              "dial failed", service="default/web", endpoint="198.18.1.11:8080",
+                              attempts=3, **{"retry-in": 0.5})
+        (message, fields), = sent
+        assert message == ('level=warning logger=edgeproxy.forwarding msg="dial failed" '
+                           'service=default/web endpoint=198.18.1.11:8080 attempts=3 '
+                           'retry-in=0.5')
+        assert fields == {"PRIORITY": "4", "SYSLOG_IDENTIFIER": "edgeproxy",
+                          "EDGEPROXY_LOGGER": "edgeproxy.forwarding",
+                          "EDGEPROXY_SERVICE": "default/web",
+                          "EDGEPROXY_ENDPOINT": "198.18.1.11:8080", "EDGEPROXY_ATTEMPTS": "3",
+                          "EDGEPROXY_RETRY_IN": "0.5"}
+        monkeypatch.setitem(sys.modules, "systemd.journal", None)  # not installed
+        monkeypatch.setitem(sys.modules, "systemd", None)
+        assert not isinstance(logs_module.configure_logging("text", 0, stream=stream),
+                              logs_module.JournalHandler)
+    finally:
+        logging.getLogger().handlers.clear()
+        stream.close()

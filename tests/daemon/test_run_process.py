@@ -39,8 +39,8 @@ def test_run_ready_status_and_sigterm_removes_rules(netns, tmp_path):
         assert [s["reason"] for s in status["skipped"]] == ["label"]
         rules = netns.run(["iptables-nft", "-t", "nat", "-S"]).stdout
         assert "KUBE-PORTALS-HOST" in rules and "198.19.0.10/32" in rules
-        metrics = _curl(netns, "http://127.0.0.1:10259/metrics")
-        assert "edgeproxy_services_proxied 4.0" in metrics
+        metrics = _curl(netns, "http://127.0.0.1:10267/metrics")
+        assert "edgeproxy_service_ports_proxied 4.0" in metrics
         # a deleted file is followed by the watcher
         (manifests / "echo.yaml").unlink()
         for _ in range(50):

@@ -84,3 +84,18 @@ def test_gevent_clock_is_the_default_and_monotonic():
     assert isinstance(runner.clock, GeventClock)
     first = runner.clock.now()
     assert runner.clock.now() >= first
+
+
+def test_a_run_the_caller_made_delays_the_first_periodic_one():
+    """The daemon syncs once itself before it starts the runner: that counts as a run, so no
+    second full rescan follows at once."""
+    calls: list[float] = []
+    clock = FakeClock(START)
+    runner = BoundedFrequencyRunner(lambda periodic: calls.append(clock.now()), 1.0, 60,
+                                    clock=clock)
+    runner.start(ran_at=START)
+    clock.advance(59)
+    assert calls == []
+    clock.advance(1)
+    assert calls == [START + 60]
+    runner.stop()

@@ -18,7 +18,8 @@ from edgeproxy.rules.backends import Backend, make_backend
 from edgeproxy.tools import Result
 from edgeproxy.rules.keeper import RuleKeeper
 from edgeproxy.rules.render import RuleRenderer
-from tests.daemon.fakes import FakeComputer, FakeKeeper, FakeProxy, FakeWatcher
+from edgeproxy.dns.server import DnsServer, DnsSettings
+from tests.daemon.fakes import FakeComputer, FakeDns, FakeKeeper, FakeProxy, FakeWatcher
 from tests.rules.test_keeper import FakeBackend as FakeRuleBackend
 from tests.support.protocols import assert_implements, mismatches
 
@@ -41,6 +42,7 @@ def test_an_unstarted_daemon_too():
     (FakeProxy(), core.Proxy),
     (FakeKeeper([]), core.Keeper),
     (FakeWatcher(), core.Watcher),
+    (FakeDns(), core.DnsService),
     (Computed(DesiredState(ports={}), None, 0), core.Computation),
 ])
 def test_the_fakes_the_daemon_tests_use(fake, protocol):
@@ -50,6 +52,8 @@ def test_the_fakes_the_daemon_tests_use(fake, protocol):
 def test_the_real_parts():
     assert_implements(StateComputer, core.Computer)  # classes: their methods
     assert_implements(ProxyServer, core.Proxy)
+    assert_implements(DnsServer([("127.0.0.1", 53)], DnsSettings(upstreams=("192.0.2.1",))),
+                      core.DnsService)
     assert_implements(RuleKeeper(FakeRuleBackend()), core.Keeper)
     assert_implements(DirectoryWatcher(Path("/nonexistent"), lambda paths: None), core.Watcher)
     # core.Renderer is a Callable alias: (ports, proxy_ports, listen, second_ports) -> RuleSet

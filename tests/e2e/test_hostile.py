@@ -315,7 +315,7 @@ def test_a_file_written_in_chunks_is_never_served_half_written(topo, start_daemo
             os.write(fd, data[start:end])
             os.fsync(fd)
             for _ in range(5):  # ~250 ms between chunks, status sampled meanwhile
-                samples.append(daemon.status())
+                samples.append(json.loads(daemon.get("/status")[1]))
                 time.sleep(0.05)
     finally:
         os.close(fd)

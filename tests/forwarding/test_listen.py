@@ -140,3 +140,12 @@ def test_batch_failures_are_attributed_to_their_lines():
 
     assert run_ip_batch([["route", "get", ip] for ip in ("1.1.1.1", "2.2.2.2", "3.3.3.3")],
                         fake_run) == [None, "RTNETLINK answers: Network is unreachable", None]
+
+
+def test_dns_addresses_are_kept_on_the_interface_like_the_listen_addresses():
+    listen = ListenAddresses(dns=("169.254.96.53", "fd65:6467:6570::53"))
+    ip = FakeIp()
+    ensure_interface(listen, ip)
+    assert ["addr", "replace", "169.254.96.53/32", "dev", "edgeproxy0"] in ip.calls
+    assert ["-6", "addr", "replace", "fd65:6467:6570::53/128", "dev", "edgeproxy0",
+            "nodad"] in ip.calls

@@ -302,3 +302,42 @@ def recv_exactly(s, n: int) -> bytes:
             break
         buf += chunk
     return buf
+
+
+def _answer_and_close(sock, addr):
+    """An HTTP/1.0 backend: reads the request, answers, closes first."""
+    try:
+        sock.recv(4096)
+        sock.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    finally:
+        sock.close()
+
+
+@pytest.mark.netns
+def test_a_closing_backend_fin_follows_its_answer_so_the_client_closes_second(netns,
+                                                                             tmp_path):
+    """The backend's FIN reaches the client together with the answer (as through DNAT), so a
+    client that closes once it has the answer closes second: TIME_WAIT stays on the proxy's
+    accepted socket, not on the client's ephemeral port (where thousands of them made the
+    client's connect() search for free ports: 7,000 -> 700 new connections/s)."""
+    from tests.forwarding.conftest import Backend, make_server
+
+    with netns.entered():
+        backend = Backend(_answer_and_close)
+        srv = make_server(tmp_path)
+        try:
+            port = srv.reconcile({key("web"): service("web", [backend.endpoint])})[key("web")]
+            for _ in range(200):
+                client = gsocket.create_connection(("127.0.0.1", port), timeout=3)
+                client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                data = b""
+                while not data.endswith(b"ok"):
+                    data += client.recv(4096)
+                client.close()  # as wrk does once the answer is complete
+            gevent.sleep(0.2)
+        finally:
+            srv.stop(0)
+            backend.stop()
+    waiting = netns.run(["ss", "-Htan", "state", "time-wait", "dst", f"127.0.0.1:{port}"]
+                        ).stdout.splitlines()
+    assert len(waiting) < 20, f"{len(waiting)} of 200 client sockets in TIME_WAIT"

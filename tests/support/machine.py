@@ -29,7 +29,7 @@ CACHE_DIR = Path(os.environ.get("EDGEPROXY_TEST_CACHE", "/var/cache/edgeproxy-te
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "iproute2", "iptables", "nftables", "python3",
-            "conntrack")
+            "conntrack", "python3-systemd")
 CGROUP_HIERARCHIES = ("systemd", "unified")
 
 
