@@ -193,7 +193,7 @@ class UdpService:
         or network unreachable): it counts against the endpoint, and the session ends so the
         client's next datagram picks again."""
         self.stats.dial_failures_total += 1
-        if session.endpoint is not None:
+        if session.endpoint is not None and exc.errno in _ICMP_ERRORS:
             self.health.dial_failed(session.endpoint, time.monotonic(),
                                     os.strerror(exc.errno) if exc.errno else str(exc))
         self._close(session)
