@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 # EdgeMesh's label; its presence (any value, "" included) decides the service filter.
 SERVICE_PROXY_NAME_LABEL = "service.edgemesh.kubeedge.io/service-proxy-name"
@@ -107,6 +107,105 @@ class Endpoint:
         return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
 
 
+class TargetRef(NamedTuple):
+    """What an endpoint points at (``targetRef``), usually the Pod: for status and validate."""
+
+    kind: str = ""
+    namespace: str = ""
+    name: str = ""
+    uid: str = ""
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in zip(self._fields, self) if v}
+
+
+class EndpointInfo(NamedTuple):
+    """One endpoint of a service port with what the manifests say about it.
+
+    From an EndpointSlice: the conditions as kube-proxy reads them (an unset ``ready`` or
+    ``serving`` is true, an unset ``terminating`` false), ``nodeName``, ``zone``,
+    ``hints.forZones`` / ``hints.forNodes`` (names, sorted), ``hostname`` and ``targetRef``.
+    From Endpoints (v1): ``addresses`` are ready, ``notReadyAddresses`` neither ready nor
+    serving, plus ``nodeName``, ``hostname`` and ``targetRef`` (no zone, no hints).
+
+    A NamedTuple rather than a frozen dataclass: a build makes one per endpoint and port of
+    every Service, and a tuple is built at C speed (10,000 Services: 0.3 s less).
+    """
+
+    address: Endpoint
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+    node_name: str | None = None
+    zone: str | None = None
+    zone_hints: tuple[str, ...] = ()
+    node_hints: tuple[str, ...] = ()
+    hostname: str | None = None
+    target_ref: TargetRef | None = None
+
+    @property
+    def ip(self) -> str:
+        return self.address.ip
+
+    @property
+    def port(self) -> int:
+        return self.address.port
+
+    def __str__(self) -> str:
+        return str(self.address)
+
+    def to_dict(self) -> dict:
+        """The JSON shape `edgeproxy status` and `validate -o json` print (API field names)."""
+        out: dict = {"address": str(self.address), "ready": self.ready, "serving": self.serving,
+                     "terminating": self.terminating}
+        if self.node_name:
+            out["nodeName"] = self.node_name
+        if self.zone:
+            out["zone"] = self.zone
+        if self.zone_hints or self.node_hints:
+            out["hints"] = {k: list(v) for k, v in (("forZones", self.zone_hints),
+                                                    ("forNodes", self.node_hints)) if v}
+        if self.hostname:
+            out["hostname"] = self.hostname
+        if self.target_ref is not None:
+            out["targetRef"] = self.target_ref.to_dict()
+        return out
+
+
+# Service fields that decide which endpoints a node uses (kube-proxy's values and defaults).
+POLICY_CLUSTER = "Cluster"
+POLICY_LOCAL = "Local"
+# spec.trafficDistribution values: PreferClose is the deprecated alias of PreferSameZone.
+TRAFFIC_DISTRIBUTIONS = ("PreferClose", "PreferSameZone", "PreferSameNode")
+TOPOLOGY_MODE_ANNOTATION = "service.kubernetes.io/topology-mode"
+# Its name before Kubernetes 1.27, still honoured by the EndpointSlice controller.
+TOPOLOGY_HINTS_ANNOTATION = "service.kubernetes.io/topology-aware-hints"
+
+
+@dataclass(frozen=True)
+class TrafficPolicy:
+    """A Service's traffic policies as kube-proxy applies them to each of its ports."""
+
+    internal: str = POLICY_CLUSTER  # spec.internalTrafficPolicy (unset: Cluster)
+    external: str = POLICY_CLUSTER  # spec.externalTrafficPolicy (unset: Cluster)
+    distribution: str | None = None  # spec.trafficDistribution as written
+    topology_mode: str | None = None  # the topology-mode (or topology-aware-hints) annotation
+    # True when no EndpointSlice carried hints and edgeproxy filled them in from
+    # spec.trafficDistribution the way the EndpointSlice controller would (docs/endpoints.md).
+    hints_derived: bool = False
+
+    def to_dict(self) -> dict:
+        out: dict = {"internalTrafficPolicy": self.internal,
+                     "externalTrafficPolicy": self.external}
+        if self.distribution:
+            out["trafficDistribution"] = self.distribution
+        if self.topology_mode:
+            out["topologyMode"] = self.topology_mode
+        if self.hints_derived:
+            out["hintsDerived"] = True
+        return out
+
+
 @dataclass(frozen=True, order=True)
 class ServicePortKey:
     """Identity of one proxied service port: kube-proxy's ServicePortName plus protocol."""
@@ -157,11 +256,66 @@ class ServicePort:
     endpoints: tuple[Endpoint, ...] = ()  # sorted, deduplicated, ready only
     lb_policy: LoadBalancerPolicy = field(default_factory=LoadBalancerPolicy)
     source: SourceRef | None = None
+    # Every endpoint the manifests list for this port, ready or not, with its metadata (sorted
+    # by address); empty for a ServicePort written by hand: `infos` then reads ``endpoints``.
+    endpoint_info: tuple[EndpointInfo, ...] = ()
+    traffic: TrafficPolicy = field(default_factory=TrafficPolicy)
 
     @property
     def vips(self) -> tuple[str, ...]:
         """Every destination address captured like a ClusterIP (ClusterIPs + LB ingress IPs)."""
         return self.cluster_ips + self.load_balancer_ips
+
+    @property
+    def infos(self) -> tuple[EndpointInfo, ...]:
+        """The endpoints with their metadata (``endpoints`` as ready ones when none given)."""
+        return self.endpoint_info or tuple(EndpointInfo(ep) for ep in self.endpoints)
+
+    # -- traffic policies, as kube-proxy's BaseServicePortInfo answers them ----------------------
+
+    @property
+    def externally_accessible(self) -> bool:
+        """Reachable through a NodePort, an external IP or a load-balancer IP."""
+        return bool(self.node_port or self.external_ips or self.load_balancer_ips)
+
+    @property
+    def internal_policy_local(self) -> bool:
+        return self.traffic.internal == POLICY_LOCAL
+
+    @property
+    def external_policy_local(self) -> bool:
+        """externalTrafficPolicy: Local counts only where there is an external path."""
+        return self.externally_accessible and self.traffic.external == POLICY_LOCAL
+
+    @property
+    def uses_cluster_endpoints(self) -> bool:
+        # Even with externalTrafficPolicy Local an externally accessible port needs the Cluster
+        # set: traffic from the node itself to its external addresses uses it (kube-proxy's
+        # short-circuit for locally originated traffic).
+        return not self.internal_policy_local or self.externally_accessible
+
+    @property
+    def uses_local_endpoints(self) -> bool:
+        return self.internal_policy_local or self.external_policy_local
+
+    # -- which listener each path reaches (docs/endpoints.md, "two listeners") -----------------
+    # The main listener serves cluster IPs with the internal policy's endpoints. A port whose
+    # external paths need the other set gets a second listener: pod (and remote) traffic to an
+    # external address follows externalTrafficPolicy; traffic from the node itself to an
+    # external address always uses the Cluster set, as in kube-proxy.
+
+    @property
+    def second_listener(self) -> bool:
+        return self.externally_accessible and (self.internal_policy_local
+                                               or self.external_policy_local)
+
+    @property
+    def external_from_pods_uses_second(self) -> bool:
+        return self.second_listener and self.external_policy_local != self.internal_policy_local
+
+    @property
+    def external_from_host_uses_second(self) -> bool:
+        return self.second_listener and self.internal_policy_local
 
 
 class Verdict(str, Enum):

@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 def build_report(objects, state, allocation=None) -> dict:
     """The `-o json` object (see docs/manifests.md for the shape). ``allocation``: the
     cluster IPs `--service-cidr` gave (state/allocation.py)."""
+    from edgeproxy.state.endpoints import traffic_policy
     from edgeproxy.state.filtering import service_vips
 
     allocated = allocation.addresses if allocation is not None else {}
@@ -84,7 +85,11 @@ def build_report(objects, state, allocation=None) -> dict:
                 "vips": list(proxied.vips) if proxied else list(service_vips(spec)),
                 "endpoints": [str(e) for e in proxied.endpoints] if proxied else [],
                 "proxied": proxied is not None,
+                # Every endpoint with its conditions, node, zone, hints and target.
+                "endpointDetails": [i.to_dict() for i in proxied.infos] if proxied else [],
             }
+            if proxied is not None and proxied.traffic.hints_derived:
+                entry["hintsDerived"] = True
             if proxied is not None and proxied.lb_policy.source is not None:
                 policy = proxied.lb_policy
                 entry["lbPolicy"] = policy.kind.value + (
@@ -97,6 +102,7 @@ def build_report(objects, state, allocation=None) -> dict:
             "name": verdict.name,
             "verdict": verdict.verdict.value,
             "reason": verdict.reason.value if verdict.reason else None,
+            "trafficPolicy": {k: v for k, v in traffic_policy(body).to_dict().items()},
             "ports": ports,
             "allocatedClusterIPs": list(allocated.get((verdict.namespace, verdict.name), ())),
             **({"unallocated": unallocated[(verdict.namespace, verdict.name)]}
@@ -125,6 +131,13 @@ def render_text(report: dict, state) -> str:
         allocated = svc.get("allocatedClusterIPs") or []
         lines.append(f"proxy  {head}" + (f" clusterIP {', '.join(allocated)} (allocated)"
                                          if allocated else ""))
+        policy = svc.get("trafficPolicy") or {}
+        notes = [f"{k} {policy[k]}" for k in ("internalTrafficPolicy", "externalTrafficPolicy")
+                 if policy.get(k) not in (None, "Cluster")]
+        notes += [f"{k} {policy[k]}" for k in ("trafficDistribution", "topologyMode")
+                  if policy.get(k)]
+        if notes:
+            lines.append(f"         {', '.join(notes)}")
         for p in svc["ports"]:
             label = f"{p['name'] or '-'} {p['port']}/{p['protocol']}"
             if not p["proxied"]:
@@ -132,8 +145,10 @@ def render_text(report: dict, state) -> str:
                 lines.append(f"         {label}: not proxied ({why})")
                 continue
             backends = ", ".join(p["endpoints"]) or "no ready endpoints"
-            policy = f" ({p['lbPolicy']})" if "lbPolicy" in p else ""
-            lines.append(f"         {label} on {', '.join(p['vips'])} -> {backends}{policy}")
+            lb = f" ({p['lbPolicy']})" if "lbPolicy" in p else ""
+            lines.append(f"         {label} on {', '.join(p['vips'])} -> {backends}{lb}")
+            for ep in p.get("endpointDetails") or []:
+                lines.append(f"             {_describe(ep)}")
     for c in report["conflicts"]:
         lines.append(f"conflict: {c['what']}: {c['winner']} wins over {c['loser']}")
     if report["ignoredKinds"]:
@@ -143,3 +158,23 @@ def render_text(report: dict, state) -> str:
     lines.append(f"{len(report['services'])} services ({proxied} proxied, "
                  f"{len(state.ports)} service ports), {len(state.errors)} errors")
     return "\n".join(lines) + "\n"
+
+
+def _describe(ep: dict) -> str:
+    """One endpoint as `validate` prints it: address, conditions, where it runs, hints."""
+    state = "ready" if ep["ready"] else ("terminating" if ep["terminating"] else "not ready")
+    if ep["terminating"] and ep["ready"]:
+        state = "ready, terminating"
+    if not ep["ready"] and ep["terminating"]:
+        state += ", serving" if ep["serving"] else ", not serving"
+    parts = [ep["address"], state]
+    where = "/".join(v for v in (ep.get("zone"), ep.get("nodeName")) if v)
+    if where:
+        parts.append(f"on {where}")
+    hints = ep.get("hints") or {}
+    if hints:
+        parts.append("hints " + " ".join(f"{k}={','.join(v)}" for k, v in hints.items()))
+    ref = ep.get("targetRef")
+    if ref:
+        parts.append(f"{ref.get('kind', '')} {ref.get('name', '')}".strip())
+    return "  ".join(parts)

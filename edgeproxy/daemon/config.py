@@ -63,6 +63,16 @@ class DaemonConfig:
     dns_cache_size: int = 10000
     dns_serve_stale: float = 86400.0
     dns_max_tcp_clients: int = 256
+    # Which endpoints this node uses (docs/endpoints.md); build_config fills in the host name.
+    node_name: str = ""
+    zone: str = ""
+    locality_aware: bool = True
+    outlier_consecutive_failures: int = 3
+    outlier_base_ejection_time: float = 1.0
+    outlier_max_ejection_time: float = 30.0
+    health_probe_interval: float = 1.0
+    health_probe_timeout: float = 1.0
+    health_probe_concurrency: int = 16
     config_file: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,6 +131,14 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return document
 
 
+def default_node_name() -> str:
+    """The host name, lowercased and trimmed: kube-proxy's default node name (and the
+    kubelet's, so EndpointSlices' nodeName says the same unless a name was overridden)."""
+    import socket
+
+    return socket.gethostname().strip().lower()
+
+
 def _inside(child: Path, parent: Path) -> bool:
     try:
         child.relative_to(parent)
@@ -148,6 +166,14 @@ def build_config(args: argparse.Namespace | Mapping[str, Any]) -> DaemonConfig:
         except OptionError as exc:
             raise ConfigError(str(exc)) from None
     values["manifests"] = Path(values["manifests"])
+    if not values["node_name"]:
+        values["node_name"] = default_node_name()
+    if values["outlier_base_ejection_time"] <= 0 or \
+            values["outlier_max_ejection_time"] < values["outlier_base_ejection_time"]:
+        raise ConfigError("--outlier-base-ejection-time must be greater than 0 and at most "
+                          "--outlier-max-ejection-time")
+    if values["health_probe_timeout"] <= 0:
+        raise ConfigError("--health-probe-timeout must be greater than 0")
     values["state_dir"] = Path(values["state_dir"])
     if values["min_sync_period"] > values["rescan_period"] > 0:
         raise ConfigError("--iptables-min-sync-period must not exceed --rescan-period")

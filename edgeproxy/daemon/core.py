@@ -74,11 +74,19 @@ class Proxy(ProxyView, Protocol):
     def reconcile(self, ports: Mapping[ServicePortKey, ServicePort]
                   ) -> Mapping[ServicePortKey, int]: ...
 
+    @property
+    def second_ports(self) -> Mapping[ServicePortKey, int]:
+        """Ports of the second listeners (a port whose traffic policies need one)."""
+
     def sync_routes(self, vips: Iterable[str]) -> object: ...
 
     def stop(self, grace: float | None = None) -> None: ...
 
     def verify(self) -> list[str]: ...
+
+    # Node identity, locality and endpoint health settings (SIGHUP applies them at once).
+    def configure_endpoints(self, node: Any, locality_aware: bool, health: Any,
+                            probe_concurrency: int) -> None: ...
 
 
 class Keeper(KeeperView, Protocol):
@@ -109,8 +117,9 @@ class DnsService(DnsView, Protocol):
     def stop(self) -> None: ...
 
 
+# (ports, proxy ports, listen addresses, second listeners' ports) -> rules
 Renderer = Callable[[Mapping[ServicePortKey, ServicePort], Mapping[ServicePortKey, int],
-                     ListenAddresses], RuleSet]
+                     ListenAddresses, Mapping[ServicePortKey, int]], RuleSet]
 
 
 def dns_addresses(config: DaemonConfig) -> tuple[str, ...]:
@@ -143,6 +152,29 @@ def dns_settings(config: DaemonConfig):
                        max_tcp_clients=config.dns_max_tcp_clients)
 
 
+# The settings that decide which endpoints this node uses and how it judges them.
+ENDPOINT_SETTINGS = ("node_name", "zone", "locality_aware", "outlier_consecutive_failures",
+                     "outlier_base_ejection_time", "outlier_max_ejection_time",
+                     "health_probe_interval", "health_probe_timeout",
+                     "health_probe_concurrency")
+
+
+def endpoint_settings(config: DaemonConfig) -> dict[str, Any]:
+    """ProxyServer's node identity, locality and health keyword arguments."""
+    from edgeproxy.forwarding.health import HealthSettings
+    from edgeproxy.forwarding.topology import NodeIdentity
+
+    return {"node": NodeIdentity(config.node_name, config.zone),
+            "locality_aware": config.locality_aware,
+            "health": HealthSettings(
+                consecutive_failures=config.outlier_consecutive_failures,
+                base_ejection=config.outlier_base_ejection_time,
+                max_ejection=config.outlier_max_ejection_time,
+                probe_interval=config.health_probe_interval,
+                probe_timeout=config.health_probe_timeout),
+            "probe_concurrency": config.health_probe_concurrency}
+
+
 def default_factories(config: DaemonConfig) -> dict[str, Callable[[], Any]]:
     """The real pieces; tests pass fakes that follow the same interfaces."""
 
@@ -162,7 +194,8 @@ def default_factories(config: DaemonConfig) -> dict[str, Callable[[], Any]]:
                            state_dir=config.state_dir, udp_timeout=config.udp_timeout,
                            tcp_idle_timeout=config.tcp_idle_timeout or None,
                            drain_grace=config.drain_grace,
-                           max_connections_per_service=config.max_connections_per_service)
+                           max_connections_per_service=config.max_connections_per_service,
+                           **endpoint_settings(config))
 
     def keeper():
         from edgeproxy.rules.backends import select_backend
@@ -306,6 +339,8 @@ class Daemon:
             self.proxy.tcp_idle_timeout = c.tcp_idle_timeout or None
             self.proxy.drain_grace = c.drain_grace
             self.proxy.max_connections = c.max_connections_per_service
+            if set(ENDPOINT_SETTINGS) & set(plan.live):
+                self.proxy.configure_endpoints(**endpoint_settings(c))
         log_event(log, logging.INFO, "configuration reloaded", changed=",".join(plan.live))
 
     def confirm_removal(self) -> bool:
@@ -399,8 +434,10 @@ class Daemon:
         union = {**old.ports, **new.ports}
         proxy_ports = self.proxy.reconcile(union)
         wanted = {k: v for k, v in proxy_ports.items() if k in new.ports}
+        second = {k: v for k, v in self.proxy.second_ports.items() if k in new.ports}
         t = self._phase("listen", t)
-        ruleset = gevent.get_hub().threadpool.apply(self.render, (new.ports, wanted, self.listen))
+        ruleset = gevent.get_hub().threadpool.apply(self.render,
+                                                    (new.ports, wanted, self.listen, second))
         t = self._phase("render", t)
         self.keeper.update(ruleset)
         t = self._phase("rules", t)

@@ -227,9 +227,35 @@ class DaemonCollector(Collector):
             "edgeproxy_udp_evicted",
             "Idlest UDP sessions of this service closed to make room (its session bound or "
             "the descriptor budget)", labels=labels_)
+        # Endpoint health (docs/endpoints.md): what passive ejection and the probes decided.
+        ejections = CounterMetricFamily(
+            "edgeproxy_endpoint_ejections", "Endpoints ejected after consecutive failed dials "
+            "(or ICMP errors for UDP)", labels=labels_)
+        readmissions = CounterMetricFamily(
+            "edgeproxy_endpoint_readmissions", "Ejected endpoints back in service (a probe or "
+            "a dial answered, or the back-off ended)", labels=labels_)
+        probes = CounterMetricFamily("edgeproxy_endpoint_probes",
+                                     "Connect probes of ejected endpoints, by result",
+                                     labels=[*labels_, "result"])
+        ejected = GaugeMetricFamily("edgeproxy_endpoints_ejected", "Endpoints ejected now",
+                                    labels=labels_)
+        panic = GaugeMetricFamily("edgeproxy_endpoints_panic",
+                                  "1 while every endpoint is ejected and all are tried",
+                                  labels=labels_)
+        refused = CounterMetricFamily(
+            "edgeproxy_no_local_endpoints_refused",
+            "Clients refused because a Local traffic policy has no endpoint on this node",
+            labels=labels_)
         for key in sorted(stats):
             s = stats[key]
             labels = [key.comment, key.protocol.value]
+            ejections.add_metric(labels, s.endpoint_ejections_total)
+            readmissions.add_metric(labels, s.endpoint_readmissions_total)
+            probes.add_metric(labels + ["ok"], s.probes_total - s.probe_failures_total)
+            probes.add_metric(labels + ["failed"], s.probe_failures_total)
+            ejected.add_metric(labels, s.endpoints_ejected)
+            panic.add_metric(labels, s.panic)
+            refused.add_metric(labels, s.refused_no_local_total)
             bytes_.add_metric(labels + ["in"], s.bytes_in)
             bytes_.add_metric(labels + ["out"], s.bytes_out)
             dials.add_metric(labels, s.dial_failures_total)
@@ -244,6 +270,7 @@ class DaemonCollector(Collector):
                 udp_evicted.add_metric(labels, s.udp_evicted_total)
         yield from (bytes_, dials, active, conns, resets, udp, udp_total, udp_dropped,
                     udp_evicted)
+        yield from (ejections, readmissions, probes, ejected, panic, refused)
 
 
 def _allocation_metrics(d: DaemonView) -> Iterator:

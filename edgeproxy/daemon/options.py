@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -135,6 +136,26 @@ def _paths(value: Any) -> tuple[str, ...]:
             raise ValueError(f"{text!r} is not an absolute path")
         out.append(text)
     return tuple(out)
+
+
+_NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_ZONE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")  # a label value
+
+
+def _node_name(value: Any) -> str:
+    """'' (the host name, looked up at start) or a node name, lowercased like kube-proxy's
+    --hostname-override."""
+    text = str(value).strip().lower()
+    if text and (len(text) > 253 or not _NODE_NAME.match(text)):
+        raise ValueError(f"{value!r} is not a node name (a lowercase DNS subdomain)")
+    return text
+
+
+def _zone(value: Any) -> str:
+    text = str(value).strip()
+    if len(text) > 63 or not _ZONE.match(text):
+        raise ValueError(f"{value!r} is not a zone (a label value, e.g. eu-west-1a)")
+    return text
 
 
 def _bool(value: Any) -> bool:
@@ -287,6 +308,33 @@ OPTIONS: tuple[Option, ...] = (
                      "upstream answers (RFC 8767); 0 disables"),
     Option("dns_max_tcp_clients", "--dns-max-tcp-clients", "dnsMaxTcpClients", 256,
            _positive_int, "DNS clients served over TCP at once (default 256)", "N"),
+    # Which endpoints this node uses, and remembering which answer (docs/endpoints.md).
+    Option("node_name", "--hostname-override", "nodeName", "", _node_name,
+           "this node's name as EndpointSlices' nodeName spell it (default: the host name, "
+           "lowercased, as kube-proxy)", "NAME"),
+    Option("zone", "--zone", "zone", "", _zone,
+           "this node's topology.kubernetes.io/zone, for zone hints and locality (default "
+           "none)", "ZONE"),
+    Option("locality_aware", "--locality-aware", "localityAware", True, _bool,
+           "prefer endpoints on this node, then in this zone, then the rest "
+           "(--no-locality-aware balances over all of them)", is_bool=True),
+    Option("outlier_consecutive_failures", "--outlier-consecutive-failures",
+           "outlierConsecutiveFailures", 3, _within(int, 0, 1000),
+           "eject an endpoint after this many failed dials in a row (0: never eject; "
+           "default 3)", "N"),
+    _duration_option("outlier_base_ejection_time", "--outlier-base-ejection-time",
+                     "outlierBaseEjectionTime", "1s",
+                     "first ejection's back-off, doubled for each ejection in a row"),
+    _duration_option("outlier_max_ejection_time", "--outlier-max-ejection-time",
+                     "outlierMaxEjectionTime", "30s", "longest ejection back-off"),
+    _duration_option("health_probe_interval", "--health-probe-interval", "healthProbeInterval",
+                     "1s", "how often an ejected TCP endpoint is probed with a connect "
+                     "(0 disables probes)"),
+    _duration_option("health_probe_timeout", "--health-probe-timeout", "healthProbeTimeout",
+                     "1s", "how long a probe waits for the endpoint's answer"),
+    Option("health_probe_concurrency", "--health-probe-concurrency", "healthProbeConcurrency",
+           16, _within(int, 1, 1024), "probes in flight at once, all services together "
+           "(default 16)", "N"),
 )
 
 OPTIONS_BY_DEST = {option.dest: option for option in OPTIONS}

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:  # `edgeproxy status` imports this module for render_text alone: keep it light
     from edgeproxy.daemon.views import DaemonView
-    from edgeproxy.forwarding.stats import ServiceStats
+    from edgeproxy.forwarding.stats import PortEndpointsReport, ServiceStats
     from edgeproxy.model import ServicePortKey
 
 
@@ -28,6 +28,39 @@ def _stats(daemon: DaemonView) -> Mapping[ServicePortKey, ServiceStats]:
         return daemon.proxy.stats()
     except Exception:  # noqa: BLE001 - status must answer even when a piece misbehaves
         return {}
+
+
+def _endpoint_reports(daemon: DaemonView) -> Mapping[ServicePortKey, PortEndpointsReport]:
+    if daemon.proxy is None:
+        return {}
+    try:
+        return daemon.proxy.endpoint_reports()
+    except Exception:  # noqa: BLE001 - status must answer even when a piece misbehaves
+        return {}
+
+
+def _endpoints(sp: Any, report: PortEndpointsReport | None) -> list[dict[str, Any]]:
+    """Every endpoint of the port: what the manifests say, merged with what this node does
+    with it (locality, used, health)."""
+    out = []
+    for info in sp.infos:
+        entry = info.to_dict()
+        seen = report.endpoints.get(entry["address"]) if report is not None else None
+        if seen is not None:
+            entry.update(seen.to_dict())
+        out.append(entry)
+    return out
+
+
+def _selection(report: PortEndpointsReport | None) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    out: dict[str, Any] = {"topology": report.topology_mode or None, "policy": report.policy,
+                           "refused": report.refused, "panic": report.panic}
+    if report.second_policy is not None:
+        out["secondListener"] = {"policy": report.second_policy,
+                                 "refused": report.second_refused}
+    return out
 
 
 def _watcher(daemon: DaemonView) -> dict[str, Any] | None:
@@ -55,6 +88,7 @@ def build_status(daemon: DaemonView) -> dict[str, Any]:
     stats = _stats(daemon)
     computed = daemon.last_computed
     allocated = computed.allocated if computed is not None else {}
+    reports = _endpoint_reports(daemon)
     services = []
     for key in sorted(state.ports):
         sp = state.ports[key]
@@ -73,6 +107,15 @@ def build_status(daemon: DaemonView) -> dict[str, Any]:
             "connectionsTotal": st.connections_total,
             "udpSessions": st.udp_sessions,
             "dialFailuresTotal": st.dial_failures_total,
+            # Which endpoints this node uses and how they answer (docs/endpoints.md).
+            "trafficPolicy": sp.traffic.to_dict(),
+            "selection": _selection(reports.get(key)),
+            "endpointDetails": _endpoints(sp, reports.get(key)),
+            "endpointEjectionsTotal": st.endpoint_ejections_total,
+            "endpointReadmissionsTotal": st.endpoint_readmissions_total,
+            "probesTotal": st.probes_total,
+            "probeFailuresTotal": st.probe_failures_total,
+            "refusedNoLocalTotal": st.refused_no_local_total,
         })
     skipped = [{"service": f"{v.namespace}/{v.name}", "reason": v.reason.value if v.reason else None,
                 "source": str(v.source)}
@@ -92,6 +135,8 @@ def build_status(daemon: DaemonView) -> dict[str, Any]:
         "backend": keeper.backend.name if keeper is not None else None,
         "listen": {"ipv4": daemon.listen.ipv4, "ipv6": daemon.listen.ipv6,
                    "interface": daemon.listen.interface},
+        "node": {"name": daemon.config.node_name, "zone": daemon.config.zone,
+                 "localityAware": daemon.config.locality_aware},
         "services": services,
         "skipped": skipped,
         "errors": _file_errors(daemon),
@@ -138,6 +183,10 @@ def render_text(doc: dict[str, Any]) -> str:
     if guard.get("held"):
         lines.append(f"HELD: {guard.get('reason')} -- still serving the last good state; "
                      "run `edgeproxy confirm-removal` to apply")
+    node = doc.get("node") or {}
+    if node:
+        lines.append(f"node: {node.get('name') or '-'}  zone: {node.get('zone') or '-'}  "
+                     f"locality: {'this node, zone, rest' if node.get('localityAware') else 'off'}")
     services = doc.get("services") or []
     lines.append(f"\nservices ({len(services)}):")
     for s in services:
@@ -148,6 +197,7 @@ def render_text(doc: dict[str, Any]) -> str:
                      f":{s.get('proxyPort')} -> "
                      f"{eps}  (connections {s.get('activeConnections', 0)}, "
                      f"dial failures {s.get('dialFailuresTotal', 0)})")
+        lines += _endpoint_lines(s)
     skipped = doc.get("skipped") or []
     lines.append(f"\nskipped ({len(skipped)}):")
     for s in skipped:
@@ -175,3 +225,45 @@ def render_text(doc: dict[str, Any]) -> str:
     repairs = doc.get("repairs") or {}
     lines.append(f"\nchain repairs: {repairs.get('total', 0)}")
     return "\n".join(lines) + "\n"
+
+
+def _endpoint_lines(service: dict[str, Any]) -> list[str]:
+    """Indented lines under a service: its policy and each endpoint's state on this node."""
+    lines = []
+    policy = service.get("trafficPolicy") or {}
+    selection = service.get("selection") or {}
+    notes = [f"{k} {v}" for k, v in (("internal", policy.get("internalTrafficPolicy")),
+                                     ("external", policy.get("externalTrafficPolicy")))
+             if v and v != "Cluster"]
+    if policy.get("trafficDistribution"):
+        notes.append(f"distribution {policy['trafficDistribution']}")
+    if policy.get("topologyMode"):
+        notes.append(f"topology-mode {policy['topologyMode']}")
+    if selection.get("topology"):
+        notes.append(f"using hints: {selection['topology']}")
+    if selection.get("refused"):
+        notes.append("REFUSING: no endpoint on this node")
+    if selection.get("panic"):
+        notes.append("PANIC: every endpoint ejected, trying all")
+    if notes:
+        lines.append("      " + "; ".join(notes))
+    for ep in service.get("endpointDetails") or []:
+        state = ep.get("health")
+        if state == "ejected":
+            left = ep.get("ejectedForSeconds", 0)
+            # TCP endpoints come back when a probe answers; UDP ones when the back-off ends.
+            when = f"probing, back-off {left:.1f}s left" if service.get("protocol") == "TCP" \
+                else f"on probation in {left:.1f}s"
+            state = (f"EJECTED ({when}; {ep.get('consecutiveFailures', 0)} failures"
+                     + (f": {ep['lastError']}" if ep.get("lastError") else "") + ")")
+        elif ep.get("consecutiveFailures"):
+            state = f"{state}, {ep['consecutiveFailures']} failures"
+        if not ep.get("ready", True):
+            state = ("terminating" if ep.get("terminating") else "not ready") + \
+                (f", {state}" if ep.get("used") else "")
+        elif ep.get("used") is False:
+            state = "not used here"
+        where = ep.get("nodeName") or "-"
+        lines.append(f"      {ep['address']:<24} {ep.get('locality', '-'):<6} "
+                     f"{where:<20} {state or '-'}")
+    return lines

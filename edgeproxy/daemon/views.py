@@ -19,7 +19,7 @@ from typing import Mapping, Protocol, Sized, runtime_checkable
 from edgeproxy.daemon.config import DaemonConfig
 from edgeproxy.daemon.guard import GuardDecision
 from edgeproxy.dns.server import DnsStats
-from edgeproxy.forwarding.stats import ServiceStats
+from edgeproxy.forwarding.stats import PortEndpointsReport, ServiceStats
 from edgeproxy.model import DesiredState, ListenAddresses, ManifestError, ServicePortKey
 from edgeproxy.rules.backends.check import CheckReport
 
@@ -96,6 +96,9 @@ class ProxyView(Protocol):
     budget: BudgetView
 
     def stats(self) -> Mapping[ServicePortKey, ServiceStats]: ...
+
+    # What each port balances over on this node and its endpoints' health (docs/endpoints.md).
+    def endpoint_reports(self) -> Mapping[ServicePortKey, PortEndpointsReport]: ...
 
     def health_problems(self) -> list[str]: ...
 

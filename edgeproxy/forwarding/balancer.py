@@ -15,6 +15,21 @@ This owns *which endpoint* a new connection (or UDP session) goes to:
   to the pinned endpoint failed) picks afresh and re-pins; an endpoint update keeps the pins of
   endpoints that still exist and drops the others.
 
+Locality and health (docs/endpoints.md) come on top of every policy:
+
+* the endpoints arrive in *tiers* (this node, this zone, the rest; `topology.select`); a
+  connection goes to the first tier that has an endpoint not ejected by the port's
+  `EndpointHealth`, and the policy picks within that tier (each tier its own shuffled
+  round-robin list or hash ring);
+* within the tier, endpoints with a slow dial in flight are passed over while another one is
+  fine (round robin and random: a hash policy keeps its keys in place until an ejection);
+  ejected endpoints are skipped; a hash policy walks on to the next usable endpoint of
+  the ring, so only the keys of the ejected endpoint move;
+* a pin (``sessionAffinity``) to an ejected endpoint moves: the client is picked afresh and
+  pinned again;
+* panic: when every endpoint of every tier is ejected, they are all tried, as if healthy
+  (Envoy's panic threshold at 0 %) — better a slow answer than a refusal.
+
 Times come from a monotonic clock: edge boxes without an RTC jump years at NTP sync, and a wall
 clock would expire (or eternalise) every affinity at once.
 """
@@ -22,11 +37,13 @@ clock would expire (or eternalise) every affinity at once.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import random
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Collection, Iterable, Sequence
 
+from edgeproxy.forwarding.health import EndpointHealth
 from edgeproxy.model import (
     DEFAULT_AFFINITY_TIMEOUT_SECONDS,
     Endpoint,
@@ -71,20 +88,34 @@ class HashRing:
         self._owners = [p[1] for p in pairs]
         self._distinct = len(set(endpoints))
 
-    def lookup(self, key: bytes, nth: int = 0) -> Endpoint:
+    def lookup(self, key: bytes, nth: int = 0,
+               accept: Callable[[Endpoint], bool] | None = None) -> Endpoint:
+        """The nth distinct endpoint clockwise from ``key`` among those ``accept`` takes
+        (NoEndpointsError when it takes none)."""
         if not self._points:
             raise NoEndpointsError("no endpoints")
         nth %= self._distinct
         i = bisect.bisect_left(self._points, _hash64(key)) % len(self._points)
         seen: list[Endpoint] = []
+        taken: list[Endpoint] = []
         # Walk clockwise until the nth distinct owner; bounded by the ring size.
         for step in range(len(self._points)):
             owner = self._owners[(i + step) % len(self._points)]
             if owner not in seen:
-                if len(seen) == nth:
-                    return owner
                 seen.append(owner)
-        return seen[-1]  # unreachable: nth < number of distinct owners
+                if accept is None or accept(owner):
+                    if len(taken) == nth:
+                        return owner
+                    taken.append(owner)
+                if len(seen) == self._distinct:
+                    break
+        if not taken:
+            raise NoEndpointsError("no endpoint accepted")
+        return taken[nth % len(taken)]
+
+
+def _usable_at(usable: Callable[[Endpoint], bool]) -> Callable[[Endpoint, float], bool]:
+    return lambda ep, now: usable(ep)
 
 
 class Balancer:
@@ -100,26 +131,39 @@ class Balancer:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         max_affinity_entries: int = MAX_AFFINITY_ENTRIES,
+        tiers: Sequence[Sequence[Endpoint]] | None = None,
+        health: EndpointHealth | None = None,
     ) -> None:
         self._clock = clock
         self._rng = rng or random.Random()
         self._max_affinity = max_affinity_entries
-        self._endpoints: list[Endpoint] = []
-        self._index = 0
-        self._ring: HashRing | None = None
+        self.health = health
+        self._tiers: list[list[Endpoint]] = []  # each shuffled
+        self._index: list[int] = []  # round-robin position per tier
+        self._rings: list[HashRing] | None = None
+        self._endpoints: list[Endpoint] = []  # every tier, in order
+        self.panic = False  # the last pick found every endpoint ejected
+        # No endpoint here although the service has some elsewhere (a Local policy with none on
+        # this node): connections are refused, and counted as such.
+        self.refusing = False
+        self.panic_picks_total = 0
         # client ip -> (endpoint, last used); dict order = least recently used first.
         self._affinity: dict[str, tuple[Endpoint, float]] = {}
         self.policy = policy or LoadBalancerPolicy()
         self.session_affinity = session_affinity
         self.affinity_timeout = float(affinity_timeout)
-        self.update(endpoints, self.policy, session_affinity, affinity_timeout)
+        self.update(endpoints, self.policy, session_affinity, affinity_timeout, tiers=tiers)
 
     # -- configuration -------------------------------------------------------------------------
 
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:
-        """The endpoints in round-robin order (shuffled)."""
+        """The endpoints in pick order: tier by tier, each in round-robin order (shuffled)."""
         return tuple(self._endpoints)
+
+    @property
+    def tiers(self) -> tuple[tuple[Endpoint, ...], ...]:
+        return tuple(tuple(t) for t in self._tiers)
 
     @property
     def needs_http_header(self) -> bool:
@@ -133,14 +177,25 @@ class Balancer:
         policy: LoadBalancerPolicy | None = None,
         session_affinity: bool | None = None,
         affinity_timeout: float | None = None,
+        *,
+        tiers: Sequence[Sequence[Endpoint]] | None = None,
     ) -> None:
         """Apply a new endpoint set / policy without disturbing what did not change.
 
-        Same set as before: order, round-robin position and affinity are kept (kube-proxy
-        compares the sets too). A different set: reshuffle, restart at the first endpoint, and
-        drop only the affinity of clients whose endpoint disappeared.
+        ``tiers`` (locality order, best first) replaces ``endpoints`` when given. Same sets as
+        before: order, round-robin position and affinity are kept (kube-proxy compares the
+        sets too). A different set: reshuffle, restart at the first endpoint, and drop only
+        the affinity of clients whose endpoint disappeared.
         """
-        new = list(dict.fromkeys(endpoints))  # dedupe, keep order
+        if tiers is None:
+            tiers = [list(endpoints)]
+        seen: set[Endpoint] = set()
+        new_tiers = []
+        for tier in tiers:
+            fresh = [ep for ep in dict.fromkeys(tier) if ep not in seen]  # dedupe, keep order
+            seen.update(fresh)
+            if fresh:
+                new_tiers.append(fresh)
         if policy is not None:
             self.policy = policy
         if affinity_timeout is not None:
@@ -149,20 +204,21 @@ class Balancer:
             if not session_affinity:
                 self._affinity.clear()
             self.session_affinity = session_affinity
-        if set(new) != set(self._endpoints) or len(new) != len(self._endpoints):
-            alive = set(new)
-            for ip in [ip for ip, (ep, _) in self._affinity.items() if ep not in alive]:
+        if [set(t) for t in new_tiers] != [set(t) for t in self._tiers]:
+            for ip in [ip for ip, (ep, _) in self._affinity.items() if ep not in seen]:
                 del self._affinity[ip]
-            self._rng.shuffle(new)
-            self._endpoints = new
-            self._index = 0
-            self._ring = None
-        if self._ring is None and self.policy.kind in (
+            for tier in new_tiers:
+                self._rng.shuffle(tier)
+            self._tiers = new_tiers
+            self._index = [0] * len(new_tiers)
+            self._endpoints = [ep for tier in new_tiers for ep in tier]
+            self._rings = None
+        if self._rings is None and self.policy.kind in (
             LoadBalancerKind.CONSISTENT_HASH_SOURCE_IP,
             LoadBalancerKind.CONSISTENT_HASH_HTTP_HEADER,
         ):
             # Ring order must not depend on the shuffle: sort so restarts map keys identically.
-            self._ring = HashRing(sorted(self._endpoints))
+            self._rings = [HashRing(sorted(tier)) for tier in self._tiers]
 
     # -- selection -----------------------------------------------------------------------------
 
@@ -172,6 +228,7 @@ class Balancer:
         reset_affinity: bool = False,
         hash_key: bytes | None = None,
         attempt: int = 0,
+        avoid: Collection[Endpoint] = (),
     ) -> Endpoint:
         """The endpoint for a new connection from ``client_ip``.
 
@@ -179,16 +236,21 @@ class Balancer:
         ``sessionAffinityReset``). ``attempt``: dial attempt number, so hash policies move to the
         next endpoint on the ring instead of retrying the dead one. ``hash_key``: the HTTP header
         value for the header policy (None: header absent, fall back to round robin).
+        ``avoid``: endpoints this connection already failed on; another usable one is
+        preferred (a failover must not land on the dead endpoint again because other clients
+        moved the round-robin position meanwhile).
         """
         if not self._endpoints:
             raise NoEndpointsError("no endpoints")
         now = self._clock()
+        health = self.health
         if self.session_affinity and not reset_affinity:
             pinned = self._affinity.pop(client_ip, None)
-            if pinned is not None and now - pinned[1] < self.affinity_timeout:
+            if pinned is not None and now - pinned[1] < self.affinity_timeout and (
+                    health is None or health.usable(pinned[0]) or self._all_ejected()):
                 self._affinity[client_ip] = (pinned[0], now)  # re-insert: most recent last
                 return pinned[0]
-        endpoint = self._pick(client_ip, hash_key, attempt)
+        endpoint = self._pick(client_ip, hash_key, attempt, now, avoid)
         if self.session_affinity:
             self._affinity.pop(client_ip, None)
             self._affinity[client_ip] = (endpoint, now)
@@ -196,23 +258,80 @@ class Balancer:
                 self._expire(now)
         return endpoint
 
-    def _pick(self, client_ip: str, hash_key: bytes | None, attempt: int) -> Endpoint:
+    def _all_ejected(self) -> bool:
+        health = self.health
+        return health is not None and all(not health.usable(ep) for ep in self._endpoints)
+
+    def _pick(self, client_ip: str, hash_key: bytes | None, attempt: int, now: float,
+              avoid: Collection[Endpoint] = ()) -> Endpoint:
+        health = self.health
+        if avoid:
+            # The ring's next distinct endpoint is the first one not tried.
+            attempt = 0
+        if health is None:
+            if avoid:
+                with contextlib.suppress(NoEndpointsError):
+                    return self._pick_in(0, client_ip, hash_key, attempt,
+                                         lambda ep: ep not in avoid)
+            return self._pick_in(0, client_ip, hash_key, attempt, None)
+        fine, usable = health.fine, health.usable
+        if self._rings is not None and (hash_key is not None or self.policy.kind is
+                                        LoadBalancerKind.CONSISTENT_HASH_SOURCE_IP):
+            fine = _usable_at(usable)  # a key stays on its endpoint while it is not ejected
+
+        def good(ep: Endpoint) -> bool:
+            return fine(ep, now) and ep not in avoid
+
+        def fallback(ep: Endpoint) -> bool:
+            return usable(ep) and ep not in avoid
+
+        any_ejected = health.any_ejected
+        for i, tier in enumerate(self._tiers):
+            if not any_ejected or any(usable(ep) for ep in tier):
+                self.panic = False
+                # Preferred: not ejected, not slow, not already tried by this connection; then
+                # slow ones; then (every other one is ejected) one it tried before.
+                for accept in (good, fallback, usable):
+                    try:
+                        return self._pick_in(i, client_ip, hash_key, attempt, accept)
+                    except NoEndpointsError:
+                        continue
+        # Panic: everything is ejected. Try them all rather than refuse everybody.
+        self.panic = True
+        self.panic_picks_total += 1
+        flat = self._endpoints
+        return flat[self._rng.randrange(len(flat))] if len(flat) > 1 else flat[0]
+
+    def _pick_in(self, i: int, client_ip: str, hash_key: bytes | None, attempt: int,
+                 accept: Callable[[Endpoint], bool] | None) -> Endpoint:
+        """The policy's choice within tier ``i`` among the endpoints ``accept`` takes."""
         kind = self.policy.kind
-        if kind is LoadBalancerKind.CONSISTENT_HASH_SOURCE_IP and self._ring is not None:
-            return self._ring.lookup(client_ip.encode(), attempt)
+        rings = self._rings
+        if kind is LoadBalancerKind.CONSISTENT_HASH_SOURCE_IP and rings is not None:
+            return rings[i].lookup(client_ip.encode(), attempt, accept)
         if (
             kind is LoadBalancerKind.CONSISTENT_HASH_HTTP_HEADER
-            and self._ring is not None
+            and rings is not None
             and hash_key is not None
         ):
-            return self._ring.lookup(hash_key, attempt)
+            return rings[i].lookup(hash_key, attempt, accept)
+        tier = self._tiers[i]
         if kind is LoadBalancerKind.RANDOM:
-            return self._rng.choice(self._endpoints)
-        if self._index >= len(self._endpoints):
-            self._index = 0
-        endpoint = self._endpoints[self._index]
-        self._index = (self._index + 1) % len(self._endpoints)
-        return endpoint
+            endpoint = self._rng.choice(tier)
+            if accept is None or accept(endpoint):
+                return endpoint
+            candidates = [ep for ep in tier if accept(ep)]
+            if not candidates:
+                raise NoEndpointsError("no endpoint accepted")
+            return self._rng.choice(candidates)
+        n = len(tier)
+        index = self._index[i] if self._index[i] < n else 0
+        for step in range(n):
+            endpoint = tier[(index + step) % n]
+            if accept is None or accept(endpoint):
+                self._index[i] = (index + step + 1) % n
+                return endpoint
+        raise NoEndpointsError("no endpoint accepted")
 
     def _expire(self, now: float) -> None:
         """Drop expired pins (oldest first), then the least recently used beyond the bound."""
@@ -227,4 +346,3 @@ class Balancer:
         """Periodic housekeeping; returns how many pins remain."""
         self._expire(self._clock())
         return len(self._affinity)
-

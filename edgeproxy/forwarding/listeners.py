@@ -44,8 +44,12 @@ class Listeners:
     def remove_family(self, family: int) -> list[_socket.socket]:
         """Stop watching the listeners of one address family and drop them; their sockets are
         returned still open, for the service to close once it let go of them."""
-        gone = [item for item in self._items if item[0].family == family]
-        self._items = [item for item in self._items if item[0].family != family]
+        return self.remove_where(lambda sock: sock.family == family)
+
+    def remove_where(self, which: Callable[[_socket.socket], bool]) -> list[_socket.socket]:
+        """`remove_family` for the listeners ``which`` selects (a second listener's)."""
+        gone = [item for item in self._items if which(item[0])]
+        self._items = [item for item in self._items if not which(item[0])]
         for _, watcher in gone:
             watcher.stop()
             watcher.close()

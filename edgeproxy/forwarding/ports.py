@@ -29,6 +29,12 @@ STATE_FILE_NAME = "ports.json"
 STATE_VERSION = 1
 
 
+def second_listener_name(key: object) -> str:
+    """The allocation name of a service port's second listener (docs/endpoints.md): kept in
+    ports.json like the main one, so it is as stable across restarts."""
+    return f"{key} second"
+
+
 @dataclass(frozen=True)
 class PortRange:
     """An inclusive port range; ``size == 0`` means "let the kernel choose"."""

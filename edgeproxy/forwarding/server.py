@@ -34,6 +34,8 @@ import gevent
 from edgeproxy.forwarding import listen as listen_mod
 from edgeproxy.forwarding.balancer import Balancer
 from edgeproxy.forwarding.budget import SocketBudget, pipes_for, soft_nofile
+from edgeproxy.forwarding.health import EJECTED, EndpointHealth, HealthSettings
+from edgeproxy.forwarding.prober import DEFAULT_CONCURRENCY, HealthMonitor
 from edgeproxy.forwarding.ports import (
     DEFAULT_PORT_RANGE,
     STATE_FILE_NAME,
@@ -41,10 +43,12 @@ from edgeproxy.forwarding.ports import (
     PortExhaustedError,
     PortRange,
     reserve_ports,
+    second_listener_name,
 )
 from edgeproxy.forwarding.splice import PipePool
-from edgeproxy.forwarding.stats import ServiceStats
+from edgeproxy.forwarding.stats import EndpointReport, PortEndpointsReport, ServiceStats
 from edgeproxy.forwarding.tcp import TcpService
+from edgeproxy.forwarding.topology import NodeIdentity, PortSelection, locality, select
 from edgeproxy.forwarding.udp import UdpService
 from edgeproxy.model import (DEFAULT_UDP_TIMEOUT_SECONDS, ListenAddresses, Protocol, ServicePort,
                              ServicePortKey)
@@ -81,6 +85,10 @@ class ProxyServer:
         max_udp_sessions_per_service: int | None = None,
         use_splice: bool = True,
         dial_timeouts: tuple[float, ...] | None = None,
+        node: NodeIdentity | None = None,
+        locality_aware: bool = True,
+        health: HealthSettings | None = None,
+        probe_concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
         self.listen = listen
         self.port_range = DEFAULT_PORT_RANGE if port_range is None else port_range
@@ -101,12 +109,22 @@ class ProxyServer:
         self.pipes = PipePool(max_pipes=pipes_for(limit))
         self.pipes.enabled = self.pipes.enabled and use_splice
         self.allocator = PortAllocator(self.port_range, self.state_dir / STATE_FILE_NAME)
+        # Which endpoints this node uses and which of them answer (docs/endpoints.md).
+        self.node = node or NodeIdentity()
+        self.locality_aware = locality_aware
+        self.health_settings = health or HealthSettings()
+        self.monitor = HealthMonitor(probe_concurrency, self.health_settings.probe_timeout,
+                                     self.budget)
+        self._selections: dict[ServicePortKey, PortSelection] = {}
         self.routes = listen_mod.RouteKeeper(listen)
         self.ipv6_ready = bool(listen.ipv6) and not manage_interface
         self.interface_owned = False  # created or adopted by us: removed on stop
         self.repairs_total = 0  # data-path repairs (interface, addresses, listeners)
         self._services: dict[ServicePortKey, TcpService | UdpService] = {}
         self._ports: dict[ServicePortKey, int] = {}
+        # Second listeners (externalTrafficPolicy / internalTrafficPolicy need two endpoint
+        # sets on one port): their ports, for the rules.
+        self._second_ports: dict[ServicePortKey, int] = {}
         self._specs: dict[ServicePortKey, ServicePort] = {}
         self._draining: list[tuple[ServicePortKey, TcpService, float]] = []
         self._housekeeper: gevent.Greenlet | None = None
@@ -127,6 +145,7 @@ class ProxyServer:
             except OSError as exc:
                 log.warning("cannot reserve proxy ports %s: %s", self.port_range, exc)
         self._housekeeper = gevent.spawn(self._housekeeping)
+        self.monitor.start()
         self._started = True
 
     def stop(self, grace: float | None = None) -> None:
@@ -145,11 +164,15 @@ class ProxyServer:
         if self._housekeeper is not None:
             self._housekeeper.kill(block=False)
             self._housekeeper = None
+        self.monitor.stop()
         for key in list(self._services):
             self.allocator.release(str(key))
+        for key in list(self._second_ports):
+            self.allocator.release(second_listener_name(key))
         self._save_ports()
         self._services.clear()
         self._ports.clear()
+        self._second_ports.clear()
         self._draining.clear()
         self.pipes.close()
         if self.manage_interface:
@@ -176,21 +199,89 @@ class ProxyServer:
         self._save_ports()
         return dict(self._ports)
 
-    def _balancer_for(self, sp: ServicePort) -> Balancer:
-        return Balancer(sp.endpoints, sp.lb_policy, sp.session_affinity, sp.affinity_timeout)
+    # -- endpoint selection and health --------------------------------------------------------
+
+    def _health_for(self, key: ServicePortKey) -> EndpointHealth:
+        health = EndpointHealth(
+            self.health_settings, probes=key.protocol is Protocol.TCP,
+            on_change=lambda ep, old, new, why: self._health_changed(key, ep, old, new, why))
+        self.monitor.watch(health)
+        return health
+
+    def _health_changed(self, key: ServicePortKey, ep, old: str, new: str, why: str) -> None:
+        service = self._services.get(key)
+        if new == EJECTED:
+            view = service.health.view(ep, time.monotonic()) if service else None
+            log.warning("%s: endpoint %s ejected for %.1fs (%s)", key, ep,
+                        (view.ejected_until - time.monotonic()) if view and view.ejected_until
+                        else 0.0, why)
+            if isinstance(service, UdpService):
+                service.endpoint_ejected(ep)  # their next datagrams pick a usable endpoint
+        elif old == EJECTED:
+            log.warning("%s: endpoint %s back in service (%s)", key, ep, why)
+
+    def _apply_selection(self, key: ServicePortKey, service: TcpService | UdpService,
+                         sp: ServicePort) -> None:
+        """Which endpoints each listener of ``key`` balances over on this node, and the
+        health tracking of exactly those (topology.select)."""
+        chosen = select(sp, self.node, self.locality_aware)
+        self._selections[key] = chosen
+        service.health.update(chosen.used())
+        service.balancer.update((), sp.lb_policy, sp.session_affinity, sp.affinity_timeout,
+                                tiers=chosen.main.tiers)
+        service.balancer.refusing = chosen.main.refused
+        if chosen.second is None:
+            service.second_balancer = None
+            return
+        if service.second_balancer is None:
+            service.second_balancer = Balancer(health=service.health)
+        service.second_balancer.update((), sp.lb_policy, sp.session_affinity,
+                                       sp.affinity_timeout, tiers=chosen.second.tiers)
+        service.second_balancer.refusing = chosen.second.refused
+
+    def configure_endpoints(self, node: NodeIdentity, locality_aware: bool,
+                            health: HealthSettings, probe_concurrency: int) -> None:
+        """New node identity / locality / health settings (SIGHUP): every port selects again;
+        endpoint health states are kept."""
+        self.node, self.locality_aware, self.health_settings = node, locality_aware, health
+        self.monitor.concurrency = max(1, probe_concurrency)
+        self.monitor.timeout = health.probe_timeout
+        for key, service in self._services.items():
+            service.health.settings = health
+            self._apply_selection(key, service, self._specs[key])
 
     def _add(self, key: ServicePortKey, sp: ServicePort) -> None:
         stats = ServiceStats()
+        health = self._health_for(key)
         service: TcpService | UdpService
         if key.protocol is Protocol.TCP:
-            service = TcpService(str(key), self._balancer_for(sp), stats, self.pipes,
+            service = TcpService(str(key), Balancer(health=health), stats, self.pipes,
                                  self.max_connections, self.tcp_idle_timeout,
-                                 budget=self.budget,
+                                 budget=self.budget, health=health,
                                  **({"dial_timeouts": self.dial_timeouts}
                                     if self.dial_timeouts else {}))
         else:
-            service = UdpService(str(key), self._balancer_for(sp), stats, self.udp_timeout,
-                                 self.max_udp_sessions, budget=self.budget)
+            service = UdpService(str(key), Balancer(health=health), stats, self.udp_timeout,
+                                 self.max_udp_sessions, budget=self.budget, health=health)
+        self._apply_selection(key, service, sp)
+        try:
+            port, bound = self._allocate_bound(str(key), key.protocol, sp)
+        except BaseException:
+            self.monitor.forget(health)
+            self._selections.pop(key, None)
+            raise
+        for sock in bound:
+            service.add_listener(sock)
+        service.start()
+        self._services[key] = service
+        self._ports[key] = port
+        self._specs[key] = sp
+        log.info("%s: listening on port %d (%d endpoints)", key, port, len(sp.endpoints))
+        self._sync_second(key, service, sp)
+
+    def _allocate_bound(self, name: str, protocol: Protocol, sp: ServicePort
+                        ) -> tuple[int, list[_socket.socket]]:
+        """A proxy port for ``name`` bound on every family ``sp`` needs (stable: ports)."""
         families = self._families(sp)
         bound: list[_socket.socket] = []
 
@@ -198,7 +289,7 @@ class ProxyServer:
             socks: list[_socket.socket] = []
             try:
                 for family, addr in families:
-                    sock = self._bind(key.protocol, family, addr, port)
+                    sock = self._bind(protocol, family, addr, port)
                     socks.append(sock)
                     if port == 0:
                         port = sock.getsockname()[1]
@@ -211,14 +302,28 @@ class ProxyServer:
             bound.extend(socks)
             return port
 
-        port = self.allocator.allocate(str(key), try_bind)
-        for sock in bound:
-            service.add_listener(sock)
-        service.start()
-        self._services[key] = service
-        self._ports[key] = port
-        self._specs[key] = sp
-        log.info("%s: listening on port %d (%d endpoints)", key, port, len(sp.endpoints))
+        return self.allocator.allocate(name, try_bind), bound
+
+    def _sync_second(self, key: ServicePortKey, service: TcpService | UdpService,
+                     sp: ServicePort) -> None:
+        """Open the second listener a port's traffic policies need, or close it when they no
+        longer do (docs/endpoints.md); connections and sessions through it stay open."""
+        if sp.second_listener and key not in self._second_ports:
+            try:
+                port, bound = self._allocate_bound(second_listener_name(key), key.protocol, sp)
+            except (PortExhaustedError, OSError) as exc:
+                log.error("%s: cannot open the second listener for its external traffic "
+                          "policy: %s", key, exc)
+                return
+            for sock in bound:
+                service.add_listener(sock, second=True)
+            self._second_ports[key] = port
+            log.info("%s: second listener on port %d (external traffic, %s endpoints)", key,
+                     port, "Cluster" if sp.internal_policy_local else "Local")
+        elif not sp.second_listener and key in self._second_ports:
+            service.close_second()
+            self.allocator.release(second_listener_name(key))
+            del self._second_ports[key]
 
     def _families(self, sp: ServicePort) -> list[tuple[int, str]]:
         families = []
@@ -251,9 +356,9 @@ class ProxyServer:
         old = self._specs.get(key)
         if old == sp:
             return
-        service.balancer.update(sp.endpoints, sp.lb_policy, sp.session_affinity,
-                                sp.affinity_timeout)
+        self._apply_selection(key, service, sp)
         self._sync_families(key, service, sp)
+        self._sync_second(key, service, sp)
         self._specs[key] = sp
 
     def _sync_families(self, key: ServicePortKey, service: TcpService | UdpService,
@@ -261,19 +366,24 @@ class ProxyServer:
         """Open the listener of a family the service gained VIPs in (same proxy port), close
         the one of a family it lost its last VIP in: a listener with no VIP left behind it is
         only a way in that no rule leads to. Open TCP connections are not touched."""
-        port = self._ports[key]
         wanted = {family for family, _ in self._families(new)}
         # What is actually listening, not what the old spec asked for: a bind that failed
         # last time is retried on the next change.
         had = {sock.family for sock, _ in service.listeners}
-        for family, addr in self._families(new):
-            if family in had:
-                continue
-            try:
-                service.add_listener(self._bind(key.protocol, family, addr, port))
-            except OSError as exc:
-                log.error("%s: cannot add %s listener on port %d: %s", key,
-                          "IPv6" if family == _socket.AF_INET6 else "IPv4", port, exc)
+        roles = [(self._ports[key], False)]
+        if key in self._second_ports:
+            roles.append((self._second_ports[key], True))
+        for port, second in roles:
+            have = {sock.family for sock, _ in service.listeners
+                    if (sock in service.second_socks) == second}
+            for family, addr in self._families(new):
+                if family in have:
+                    continue
+                try:
+                    service.add_listener(self._bind(key.protocol, family, addr, port), second)
+                except OSError as exc:
+                    log.error("%s: cannot add %s listener on port %d: %s", key,
+                              "IPv6" if family == _socket.AF_INET6 else "IPv4", port, exc)
         for family in had - wanted:
             if service.close_family(family):
                 log.info("%s: no %s VIP left, closed that listener", key,
@@ -283,6 +393,10 @@ class ProxyServer:
         service = self._services.pop(key)
         self._ports.pop(key, None)
         self._specs.pop(key, None)
+        self._selections.pop(key, None)
+        if self._second_ports.pop(key, None) is not None:
+            self.allocator.release(second_listener_name(key))
+        self.monitor.forget(service.health)
         self.allocator.release(str(key))
         service.close_listeners()
         if isinstance(service, TcpService) and service.active:
@@ -305,10 +419,14 @@ class ProxyServer:
             sp = self._specs.get(key)
             if sp is None:
                 continue
-            have = {sock.family for sock, _ in service.listeners if sock.fileno() >= 0}
-            for family, _ in self._families(sp):
-                if family not in have:
-                    missing.append((key, "IPv6" if family == _socket.AF_INET6 else "IPv4"))
+            roles = [(False, "")] + ([(True, " second")] if key in self._second_ports else [])
+            for second, label in roles:
+                have = {sock.family for sock, _ in service.listeners
+                        if sock.fileno() >= 0 and (sock in service.second_socks) == second}
+                for family, _ in self._families(sp):
+                    if family not in have:
+                        missing.append((key, ("IPv6" if family == _socket.AF_INET6
+                                              else "IPv4") + label))
         return missing
 
     def health_problems(self) -> list[str]:
@@ -318,7 +436,8 @@ class ProxyServer:
         problems = []
         if self.manage_interface:
             problems += listen_mod.data_path_problems(self.listen, self.ipv6_ready)
-        problems += [f"{key}: no {family} listener on port {self._ports.get(key)}"
+        problems += [f"{key}: no {family} listener on port "
+                     f"{(self._second_ports if 'second' in family else self._ports).get(key)}"
                      for key, family in self._missing_listeners()]
         return problems
 
@@ -365,11 +484,54 @@ class ProxyServer:
             snap.active_connections = service.active
         else:
             snap.udp_sessions = len(service.sessions)
+        health = service.health
+        snap.endpoint_ejections_total = health.ejections_total
+        snap.endpoint_readmissions_total = health.readmissions_total
+        snap.probes_total = health.probes_total
+        snap.probe_failures_total = health.probe_failures_total
+        snap.endpoints_ejected = len(health.ejected)
+        endpoints = service.balancer.endpoints
+        snap.panic = int(bool(endpoints) and not any(health.usable(ep) for ep in endpoints))
         return snap
+
+    def endpoint_reports(self) -> dict[ServicePortKey, PortEndpointsReport]:
+        """Per service port: what this node balances over and each endpoint's health."""
+        now = time.monotonic()
+        out = {}
+        for key, service in self._services.items():
+            chosen, sp = self._selections.get(key), self._specs.get(key)
+            if chosen is None or sp is None:
+                continue
+            used = chosen.used()
+            report = PortEndpointsReport(
+                chosen.categorized.topology_mode, chosen.main.policy, chosen.main.refused,
+                chosen.second.policy if chosen.second else None,
+                chosen.second.refused if chosen.second else False,
+                panic=bool(self._snapshot(service).panic))
+            for info in sp.infos:
+                view = service.health.view(info.address, now)
+                entry = EndpointReport(locality(info, self.node), info.address in used,
+                                       view.state if view else "-")
+                if view is not None:
+                    entry.consecutive_failures = view.consecutive_failures
+                    entry.ejected_for = max(0.0, view.ejected_until - now) \
+                        if view.ejected_until is not None else None
+                    entry.ejections = view.ejections
+                    entry.last_error = view.last_error
+                    entry.slow = view.slow
+                    entry.connect_seconds = view.connect_seconds
+                report.endpoints[str(info.address)] = entry
+            out[key] = report
+        return out
 
     @property
     def ports(self) -> dict[ServicePortKey, int]:
         return dict(self._ports)
+
+    @property
+    def second_ports(self) -> dict[ServicePortKey, int]:
+        """The second listeners' ports (ports whose traffic policies need one)."""
+        return dict(self._second_ports)
 
     # -- housekeeping --------------------------------------------------------------------------
 

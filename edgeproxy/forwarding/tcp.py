@@ -36,6 +36,7 @@ from gevent.socket import wait_read
 
 from edgeproxy.forwarding.balancer import Balancer, NoEndpointsError
 from edgeproxy.forwarding.budget import SocketBudget
+from edgeproxy.forwarding.health import EndpointHealth
 from edgeproxy.forwarding.listeners import Listeners
 from edgeproxy.forwarding.splice import SPLICE_FLAGS, PipePool
 from edgeproxy.forwarding.stats import ServiceStats
@@ -53,6 +54,9 @@ FALLBACK_CHUNK = 256 * 1024
 
 _LINGER_RST = struct.pack("ii", 1, 0)
 _FATAL_ACCEPT = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# Dial errors that say nothing about the endpoint (no local port or memory left).
+_LOCAL_DIAL_ERRORS = frozenset((errno.EADDRNOTAVAIL, errno.EAGAIN, errno.ENOBUFS, errno.ENOMEM,
+                                errno.EMFILE, errno.ENFILE))
 _READ = 1
 _WRITE = 2
 _fallback_buffer = bytearray(FALLBACK_CHUNK)
@@ -386,10 +390,10 @@ class Dialer:
     the balancer again (affinity reset) until the attempts run out."""
 
     __slots__ = ("service", "client", "client_ip", "hash_key", "attempt", "sock", "watcher",
-                 "timer", "endpoint")
+                 "timer", "endpoint", "balancer", "started", "tried")
 
     def __init__(self, service: "TcpService", client: _socket.socket, client_ip: str,
-                 hash_key: bytes | None) -> None:
+                 hash_key: bytes | None, balancer: Balancer | None = None) -> None:
         self.service = service
         self.client = client
         self.client_ip = client_ip
@@ -399,6 +403,10 @@ class Dialer:
         self.watcher = None
         self.timer = None
         self.endpoint = None
+        # The second listener's balancer for external paths that use the other endpoint set.
+        self.balancer = balancer or service.balancer
+        self.started = 0.0
+        self.tried: list | None = None  # endpoints this connection dialed (failover avoids them)
 
     def next(self) -> None:
         service = self.service
@@ -407,11 +415,18 @@ class Dialer:
                 attempt = self.attempt
                 self.attempt += 1
                 try:
-                    ep = service.balancer.next_endpoint(self.client_ip, attempt > 0,
-                                                        self.hash_key, attempt)
+                    ep = self.balancer.next_endpoint(self.client_ip, attempt > 0,
+                                                     self.hash_key, attempt,
+                                                     self.tried or ())
                 except NoEndpointsError:
+                    if self.balancer.refusing:
+                        service.stats.refused_no_local_total += 1
                     break
                 self.endpoint = ep
+                if self.tried is None:
+                    self.tried = [ep]
+                else:
+                    self.tried.append(ep)
                 family = _socket.AF_INET6 if ":" in ep.ip else _socket.AF_INET
                 try:
                     # SOCK_NONBLOCK at creation: one system call less than setblocking().
@@ -423,6 +438,8 @@ class Dialer:
                         # accept and reset every client in a tight loop.
                         service._accept_backoff(exc)
                     break
+                self.started = now = _monotonic()
+                service.health.dial_started(ep, now)
                 err = sock.connect_ex((ep.ip, ep.port))
                 if err == errno.EINPROGRESS:
                     self.sock = sock
@@ -470,11 +487,18 @@ class Dialer:
         self.next()
 
     def _failed(self, err: int) -> None:
-        self.service.stats.dial_failures_total += 1
-        log.info("%s: dial %s failed (attempt %d): %s", self.service.name, self.endpoint,
+        service = self.service
+        service.stats.dial_failures_total += 1
+        if err in _LOCAL_DIAL_ERRORS:  # our side ran out of something: not the endpoint's fault
+            service.health.dial_abandoned(self.endpoint)
+        else:
+            service.health.dial_failed(self.endpoint, _monotonic(), os.strerror(err))
+        log.info("%s: dial %s failed (attempt %d): %s", service.name, self.endpoint,
                  self.attempt, os.strerror(err))
 
     def _done(self, sock: _socket.socket) -> None:
+        now = _monotonic()
+        self.service.health.dial_succeeded(self.endpoint, now, now - self.started)
         try:
             sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         except OSError:
@@ -488,11 +512,17 @@ class TcpService:
     def __init__(self, name: str, balancer: Balancer, stats: ServiceStats, pipes: PipePool,
                  max_connections: int = 10000, idle_timeout: float | None = None,
                  dial_timeouts: tuple[float, ...] = DIAL_TIMEOUTS,
-                 budget: SocketBudget | None = None) -> None:
+                 budget: SocketBudget | None = None,
+                 health: EndpointHealth | None = None) -> None:
         self.name = name
         # Each connection holds two descriptors (client, upstream) of the process-wide budget.
         self.budget = budget or SocketBudget(1 << 30)
         self.balancer = balancer
+        # What every dial reports to; the balancers read it (one per port, both listeners).
+        self.health = health or balancer.health or EndpointHealth()
+        self.second_balancer: Balancer | None = None  # for the second listener's sockets
+        # The second listener's sockets (the objects: a closed one's number may be reused).
+        self.second_socks: set[_socket.socket] = set()
         self.stats = stats
         self.pipes = pipes
         self.max_connections = max_connections
@@ -509,7 +539,9 @@ class TcpService:
 
     # -- listeners -----------------------------------------------------------------------------
 
-    def add_listener(self, sock: _socket.socket) -> None:
+    def add_listener(self, sock: _socket.socket, second: bool = False) -> None:
+        if second:
+            self.second_socks.add(sock)
         self.listeners.add(sock, watch=self.accepting and not self._paused)
 
     def start(self) -> None:
@@ -532,6 +564,7 @@ class TcpService:
             self._backoff_timer.close()
             self._backoff_timer = None
         self.listeners.close()
+        self.second_socks.clear()
 
     def close_family(self, family: int) -> int:
         """Stop accepting on the listeners of one address family (the service lost its last
@@ -539,7 +572,17 @@ class TcpService:
         listeners were closed."""
         gone = self.listeners.remove_family(family)
         for sock in gone:
+            self.second_socks.discard(sock)
             sock.close()
+        return len(gone)
+
+    def close_second(self) -> int:
+        """Close the second listener (its port no longer needs one); connections stay."""
+        gone = self.listeners.remove_where(lambda sock: sock in self.second_socks)
+        for sock in gone:
+            sock.close()
+        self.second_socks.clear()
+        self.second_balancer = None
         return len(gone)
 
     @property
@@ -550,6 +593,7 @@ class TcpService:
 
     def _on_accept(self, lsock: _socket.socket) -> None:
         family = lsock.family
+        balancer = self.second_balancer if lsock in self.second_socks else None
         for _ in range(ACCEPT_BATCH):
             if self.active >= self.max_connections:
                 self._pause()  # back-pressure: the kernel backlog holds the rest
@@ -574,7 +618,7 @@ class TcpService:
             client = _socket.socket(family, _socket.SOCK_STREAM, 0, fd)
             self.pending += 1
             self.stats.connections_total += 1
-            self._setup(client, addr[0])
+            self._setup(client, addr[0], balancer)
 
     def _accept_backoff(self, exc: OSError) -> None:
         self.stats.accept_errors_total += 1
@@ -598,7 +642,8 @@ class TcpService:
 
     # -- setup: peek + dial --------------------------------------------------------------------
 
-    def _setup(self, client: _socket.socket, client_ip: str) -> None:
+    def _setup(self, client: _socket.socket, client_ip: str,
+               balancer: Balancer | None = None) -> None:
         """Runs in the accept callback: no greenlet unless the policy must peek the request."""
         try:
             client.setblocking(False)
@@ -607,18 +652,19 @@ class TcpService:
             self._dialed(client, None)
             return
         if self.balancer.needs_http_header:
-            gevent.spawn_raw(self._peek_then_dial, client, client_ip)
+            gevent.spawn_raw(self._peek_then_dial, client, client_ip, balancer)
         else:
-            Dialer(self, client, client_ip, None).next()
+            Dialer(self, client, client_ip, None, balancer).next()
 
-    def _peek_then_dial(self, client: _socket.socket, client_ip: str) -> None:
+    def _peek_then_dial(self, client: _socket.socket, client_ip: str,
+                        balancer: Balancer | None = None) -> None:
         try:
             name = self.balancer.policy.http_header_name or ""
             hash_key = peek_http_header(client, name)
         except Exception:
             log.exception("%s: peeking the request failed", self.name)
             hash_key = None
-        Dialer(self, client, client_ip, hash_key).next()
+        Dialer(self, client, client_ip, hash_key, balancer).next()
 
     def _dialed(self, client: _socket.socket, upstream: _socket.socket | None) -> None:
         self.pending -= 1

@@ -24,6 +24,7 @@ from __future__ import annotations
 import _socket
 import errno
 import logging
+import os
 import time
 from collections import OrderedDict
 
@@ -31,27 +32,37 @@ import gevent
 
 from edgeproxy.forwarding.balancer import Balancer, NoEndpointsError
 from edgeproxy.forwarding.budget import SocketBudget
+from edgeproxy.forwarding.health import EndpointHealth
 from edgeproxy.forwarding.listeners import Listeners
 from edgeproxy.forwarding.stats import ServiceStats
-from edgeproxy.model import DEFAULT_UDP_TIMEOUT_SECONDS
+from edgeproxy.model import DEFAULT_UDP_TIMEOUT_SECONDS, Endpoint
 
 log = logging.getLogger(__name__)
 
 MAX_DATAGRAM = 65535
+# What the kernel reports on a connected UDP socket after an ICMP error from the path.
+_ICMP_ERRORS = frozenset((errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                          errno.EHOSTDOWN, errno.ENETDOWN))
 RECV_BATCH = 64  # datagrams handled per readiness callback before yielding to other sockets
 _READ = 1
 _SOCK_NONBLOCK = getattr(_socket, "SOCK_NONBLOCK", 0)
 
 
 class Session:
-    __slots__ = ("service", "client", "listener", "sock", "watcher", "last_active")
+    __slots__ = ("service", "client", "listener", "sock", "watcher", "last_active", "endpoint",
+                 "key")
 
     def __init__(self, service: "UdpService", client: tuple, listener: _socket.socket,
-                 sock: _socket.socket) -> None:
+                 sock: _socket.socket, endpoint: Endpoint | None = None,
+                 key: tuple | None = None) -> None:
         self.service = service
         self.client = client
         self.listener = listener
         self.sock = sock
+        self.endpoint = endpoint
+        # In `sessions`: the client address, tagged for the second listener (the same client
+        # port may talk to a cluster IP and an external IP of the port at once).
+        self.key = client if key is None else key
         self.watcher = service.loop.io(sock.fileno(), _READ)
         self.last_active = time.monotonic()
         self.watcher.start(service._on_reply, self)
@@ -67,13 +78,18 @@ class UdpService:
 
     def __init__(self, name: str, balancer: Balancer, stats: ServiceStats,
                  timeout: float = DEFAULT_UDP_TIMEOUT_SECONDS, max_sessions: int = 10000,
-                 budget: SocketBudget | None = None) -> None:
+                 budget: SocketBudget | None = None,
+                 health: EndpointHealth | None = None) -> None:
         self.name = name
         # Every session socket counts against the process-wide descriptor budget, which may
         # evict this service's idlest session to make room for another service's client.
         self.budget = budget or SocketBudget(1 << 30)
         self.budget.register_udp(self)
         self.balancer = balancer
+        # ICMP errors on session sockets count against the endpoint, replies for it.
+        self.health = health or balancer.health or EndpointHealth(probes=False)
+        self.second_balancer: Balancer | None = None  # for the second listener's sockets
+        self.second_socks: set[_socket.socket] = set()
         self.stats = stats
         self.timeout = timeout
         self.max_sessions = max_sessions
@@ -85,7 +101,9 @@ class UdpService:
         self._view = memoryview(self._buf)
         self.accepting = False
 
-    def add_listener(self, sock: _socket.socket) -> None:
+    def add_listener(self, sock: _socket.socket, second: bool = False) -> None:
+        if second:
+            self.second_socks.add(sock)
         self.listeners.add(sock, watch=self.accepting)
 
     def close_family(self, family: int) -> int:
@@ -96,7 +114,19 @@ class UdpService:
         for sock in gone:
             for session in [s for s in self.sessions.values() if s.listener is sock]:
                 self._close(session)
+            self.second_socks.discard(sock)
             sock.close()
+        return len(gone)
+
+    def close_second(self) -> int:
+        """Close the second listener and the sessions answering through it."""
+        gone = self.listeners.remove_where(lambda sock: sock in self.second_socks)
+        for sock in gone:
+            for session in [s for s in self.sessions.values() if s.listener is sock]:
+                self._close(session)
+            sock.close()
+        self.second_socks.clear()
+        self.second_balancer = None
         return len(gone)
 
     def start(self) -> None:
@@ -107,6 +137,7 @@ class UdpService:
         """Removal: UDP has nothing to drain, so sessions end with the listeners."""
         self.accepting = False
         self.listeners.close()
+        self.second_socks.clear()
         self.abort_all()
         self.budget.unregister_udp(self)
 
@@ -126,6 +157,7 @@ class UdpService:
     def _on_datagram(self, lsock: _socket.socket) -> None:
         buf, view, sessions, stats = self._buf, self._view, self.sessions, self.stats
         now = time.monotonic()
+        second = lsock in self.second_socks if self.second_socks else False
         for _ in range(RECV_BATCH):
             try:
                 n, addr = lsock.recvfrom_into(buf)
@@ -133,33 +165,55 @@ class UdpService:
                 return
             except OSError:
                 continue
-            session = sessions.get(addr)
+            key = ("second", *addr) if second else addr
+            session = sessions.get(key)
             if session is None:
-                session = self._open(lsock, addr)
+                session = self._open(lsock, addr, key, second)
                 if session is None:
                     stats.udp_dropped_total += 1
                     continue
             session.last_active = now
-            sessions.move_to_end(addr)
+            sessions.move_to_end(key)
             try:
                 session.sock.send(view[:n])
             except BlockingIOError:
                 stats.udp_dropped_total += 1
                 continue
-            except OSError:
+            except OSError as exc:
                 # ICMP unreachable from the endpoint surfaces here: drop the session so the next
                 # datagram picks again (with affinity reset), as a failed dial would for TCP.
                 stats.udp_dropped_total += 1
-                stats.dial_failures_total += 1
-                self._close(session)
+                self._endpoint_error(session, exc)
                 continue
             stats.udp_datagrams_in += 1
             stats.bytes_in += n
 
-    def _open(self, lsock: _socket.socket, addr: tuple) -> Session | None:
+    def _endpoint_error(self, session: Session, exc: OSError) -> None:
+        """The kernel reported an ICMP error for the session's connected socket (refused, host
+        or network unreachable): it counts against the endpoint, and the session ends so the
+        client's next datagram picks again."""
+        self.stats.dial_failures_total += 1
+        if session.endpoint is not None and exc.errno in _ICMP_ERRORS:
+            self.health.dial_failed(session.endpoint, time.monotonic(),
+                                    os.strerror(exc.errno) if exc.errno else str(exc))
+        self._close(session)
+
+    def endpoint_ejected(self, ep: Endpoint) -> int:
+        """Close the sessions to an ejected endpoint (their clients' next datagrams pick a
+        usable one); returns how many."""
+        gone = [s for s in self.sessions.values() if s.endpoint == ep]
+        for session in gone:
+            self._close(session)
+        return len(gone)
+
+    def _open(self, lsock: _socket.socket, addr: tuple, key: tuple | None = None,
+              second: bool = False) -> Session | None:
+        balancer = self.second_balancer if second and self.second_balancer else self.balancer
         try:
-            ep = self.balancer.next_endpoint(addr[0])
+            ep = balancer.next_endpoint(addr[0])
         except NoEndpointsError:
+            if balancer.refusing:
+                self.stats.refused_no_local_total += 1
             return None
         if len(self.sessions) >= self.max_sessions:
             if not self.sessions:
@@ -181,10 +235,12 @@ class UdpService:
             sock.close()
             self.budget.give(1)
             self.stats.dial_failures_total += 1
+            self.health.dial_failed(ep, time.monotonic(),
+                                    os.strerror(exc.errno) if exc.errno else str(exc))
             log.info("%s: cannot reach %s: %s", self.name, ep, exc)
             return None
-        session = Session(self, addr, lsock, sock)
-        self.sessions[addr] = session
+        session = Session(self, addr, lsock, sock, ep, key)
+        self.sessions[session.key] = session
         self.stats.udp_sessions = len(self.sessions)
         self.stats.udp_sessions_total += 1
         return session
@@ -195,18 +251,23 @@ class UdpService:
         buf, view, stats = self._buf, self._view, self.stats
         sock, listener, client = session.sock, session.listener, session.client
         session.last_active = time.monotonic()
-        if self.sessions.get(client) is session:
-            self.sessions.move_to_end(client)
+        if self.sessions.get(session.key) is session:
+            self.sessions.move_to_end(session.key)
+        replied = False
         for _ in range(RECV_BATCH):
             try:
                 n = sock.recv_into(buf)
             except BlockingIOError:
-                return
+                break
             except OSError as exc:
-                if exc.errno == errno.ECONNREFUSED:
-                    stats.dial_failures_total += 1
-                self._close(session)
+                if exc.errno in _ICMP_ERRORS:
+                    self._endpoint_error(session, exc)
+                else:
+                    self._close(session)
                 return
+            if not replied and session.endpoint is not None:
+                replied = True
+                self.health.reply(session.endpoint)
             try:
                 listener.sendto(view[:n], client)
             except OSError:
@@ -216,8 +277,8 @@ class UdpService:
             stats.bytes_out += n
 
     def _close(self, session: Session) -> None:
-        if self.sessions.get(session.client) is session:
-            del self.sessions[session.client]
+        if self.sessions.get(session.key) is session:
+            del self.sessions[session.key]
             self.budget.give(1)  # once per session, however often it is closed
         session.close()
         self.stats.udp_sessions = len(self.sessions)

@@ -34,10 +34,11 @@ log = logging.getLogger(__name__)
 Flusher = Callable[[Iterable[tuple[str | None, int]]], int]
 
 
-def _udp_targets(ruleset: RuleSet | None) -> dict[tuple[str | None, int], str]:
+def _udp_targets(ruleset: RuleSet | None) -> dict[tuple[str | None, int], tuple[str, str]]:
     if ruleset is None:
         return {}
-    return {(c.ip, c.port): c.destination for c in ruleset.captures if c.protocol == "udp"}
+    return {(c.ip, c.port): (c.destination, c.host_target) for c in ruleset.captures
+            if c.protocol == "udp"}
 
 
 class RuleKeeper:

@@ -100,6 +100,13 @@ class Capture:
     destination: str  # DNAT target, "169.254.96.17:61000" or "[fd65::1]:61000"
     key: ServicePortKey
     kind: str = CLUSTER_IP  # CLUSTER_IP | EXTERNAL_IP | NODE_PORT
+    # The host path's target when it differs (a port with a second listener for its
+    # external traffic policy: docs/endpoints.md); None: ``destination`` on both paths.
+    host_destination: str | None = None
+
+    @property
+    def host_target(self) -> str:
+        return self.host_destination or self.destination
 
     def nft_rules(self, addr: str) -> list[tuple[str, str, str | None]]:
         """(chain, rule, unless) of this capture in the nftables table (``addr``: "ip daddr"
@@ -111,15 +118,17 @@ class Capture:
         path keeps ``fib daddr type local``, which adds nothing either when the same address
         is also a cluster IP of the service port (captured unconditionally)."""
         tail = f'dnat to {self.destination} comment "{self.key.comment}"'
+        host_tail = f'dnat to {self.host_target} comment "{self.key.comment}"'
         if self.kind == NODE_PORT:
-            rule = f"{self.protocol} dport {self.port} {tail}"
-            return [(NODEPORT_CONTAINER, rule, None), (NODEPORT_HOST, rule, None)]
+            return [(NODEPORT_CONTAINER, f"{self.protocol} dport {self.port} {tail}", None),
+                    (NODEPORT_HOST, f"{self.protocol} dport {self.port} {host_tail}", None)]
         match = f"{addr} {self.ip} {self.protocol} dport {self.port}"
         always = f"{match} {tail}"
         if self.kind == EXTERNAL_IP:
             return [(PORTALS_CONTAINER, always, None),
-                    (PORTALS_HOST, f"{match} fib daddr type local {tail}", always)]
-        return [(PORTALS_CONTAINER, always, None), (PORTALS_HOST, always, None)]
+                    (PORTALS_HOST, f"{match} fib daddr type local {host_tail}",
+                     f"{match} {host_tail}")]
+        return [(PORTALS_CONTAINER, always, None), (PORTALS_HOST, f"{match} {host_tail}", None)]
 
 
 @dataclass(frozen=True)
@@ -291,8 +300,12 @@ class ServiceRules:
 
 
 def render_service(key: ServicePortKey, sp: ServicePort, proxy_port: int | None,
-                   listen: ListenAddresses) -> ServiceRules:
-    """The rules of one service port; keys without a proxy port (or SCTP) are not captured."""
+                   listen: ListenAddresses, second_port: int | None = None) -> ServiceRules:
+    """The rules of one service port; keys without a proxy port (or SCTP) are not captured.
+
+    ``second_port``: the port's second listener (``ServicePort.second_listener``): external
+    addresses (external IPs, load-balancer IPs, the NodePort) go there on the paths whose
+    traffic policy needs the other endpoint set; cluster IPs never do."""
     rules: list[tuple[tuple[int, str, str], tuple[str, ...]]] = []
     captures: list[Capture] = []
     skipped: list[str] = []
@@ -317,37 +330,56 @@ def render_service(key: ServicePortKey, sp: ServicePort, proxy_port: int | None,
             continue
         families.add(fam)
         dest = f"[{listen_ip}]:{proxy_port}" if fam == 6 else f"{listen_ip}:{proxy_port}"
+        second = None
+        if second_port is not None and sp.second_listener:
+            second = f"[{listen_ip}]:{second_port}" if fam == 6 else \
+                f"{listen_ip}:{second_port}"
+        # Where external addresses go: from pods (PREROUTING) by externalTrafficPolicy, from
+        # the node itself by the Cluster set, as kube-proxy does (docs/endpoints.md).
+        ext_pods = second if second and sp.external_from_pods_uses_second else dest
+        ext_host = second if second and sp.external_from_host_uses_second else dest
         container, host = (fam, "nat", PORTALS_CONTAINER), (fam, "nat", PORTALS_HOST)
 
-        def dnat(dst: str | None, port: int, *extra: str) -> tuple[str, ...]:
+        def dnat(dst: str | None, port: int, *extra: str, to: str = dest) -> tuple[str, ...]:
             spec: list[str] = []
             if dst:
                 spec += ["-d", _host(dst)]
             spec += ["-p", proto, "-m", "comment", "--comment", comment,
                      "-m", proto, "--dport", str(port), *extra,
-                     "-j", "DNAT", "--to-destination", dest]
+                     "-j", "DNAT", "--to-destination", to]
             return tuple(spec)
 
-        for vip in fam_vips:  # ClusterIPs and load-balancer ingress IPs
-            rules.append((container, dnat(vip, sp.port)))
-            rules.append((host, dnat(vip, sp.port)))
-            captures.append(Capture(fam, proto, vip, sp.port, dest, key))
+        n_cluster = len(sp.cluster_ips)
+        for i, vip in enumerate(sp.vips):  # ClusterIPs, then load-balancer ingress IPs
+            if _family(vip) != fam:
+                continue
+            pods, node = (dest, dest) if i < n_cluster else (ext_pods, ext_host)
+            rules.append((container, dnat(vip, sp.port, to=pods)))
+            rules.append((host, dnat(vip, sp.port, to=node)))
+            captures.append(Capture(fam, proto, vip, sp.port, pods, key,
+                                    host_destination=node if node != pods else None))
         for eip in fam_external:
             # kube-proxy userspace: from pods only when not bridged or addressed to us;
             # from the host only when the address is local.
             rules.append((container, dnat(eip, sp.port, "-m", "physdev", "!",
-                                          "--physdev-is-in")))
+                                          "--physdev-is-in", to=ext_pods)))
             rules.append((container, dnat(eip, sp.port, "-m", "addrtype", "--dst-type",
-                                          "LOCAL")))
-            rules.append((host, dnat(eip, sp.port, "-m", "addrtype", "--dst-type", "LOCAL")))
-            captures.append(Capture(fam, proto, eip, sp.port, dest, key, EXTERNAL_IP))
+                                          "LOCAL", to=ext_pods)))
+            rules.append((host, dnat(eip, sp.port, "-m", "addrtype", "--dst-type", "LOCAL",
+                                     to=ext_host)))
+            captures.append(Capture(fam, proto, eip, sp.port, ext_pods, key, EXTERNAL_IP,
+                                    ext_host if ext_host != ext_pods else None))
         if sp.node_port:
-            rules.append(((fam, "nat", NODEPORT_CONTAINER), dnat(None, sp.node_port)))
-            rules.append(((fam, "nat", NODEPORT_HOST), dnat(None, sp.node_port)))
-            rules.append(((fam, "filter", NODEPORT_NON_LOCAL),
-                          ("-d", _host(listen_ip), "-p", proto, "-m", "comment", "--comment",
-                           comment, "-m", proto, "--dport", str(proxy_port), "-j", "ACCEPT")))
-            captures.append(Capture(fam, proto, None, sp.node_port, dest, key, NODE_PORT))
+            rules.append(((fam, "nat", NODEPORT_CONTAINER), dnat(None, sp.node_port,
+                                                                 to=ext_pods)))
+            rules.append(((fam, "nat", NODEPORT_HOST), dnat(None, sp.node_port, to=ext_host)))
+            for port in sorted({proxy_port} | ({second_port} if second else set())):
+                rules.append(((fam, "filter", NODEPORT_NON_LOCAL),
+                              ("-d", _host(listen_ip), "-p", proto, "-m", "comment",
+                               "--comment", comment, "-m", proto, "--dport", str(port),
+                               "-j", "ACCEPT")))
+            captures.append(Capture(fam, proto, None, sp.node_port, ext_pods, key, NODE_PORT,
+                                    ext_host if ext_host != ext_pods else None))
     return ServiceRules(tuple(rules), tuple(captures), tuple(skipped), frozenset(families))
 
 
@@ -355,9 +387,12 @@ def render_rules(ports: Mapping[ServicePortKey, ServicePort],
                  proxy_ports: Mapping[ServicePortKey, int],
                  listen: ListenAddresses,
                  service_rules: Callable[[ServicePortKey, ServicePort, int | None],
-                                         ServiceRules] | None = None) -> RuleSet:
+                                         ServiceRules] | None = None,
+                 second_ports: Mapping[ServicePortKey, int] | None = None) -> RuleSet:
     """The complete rule set: every service port's rules (`render_service`, or
-    ``service_rules`` such as a cache of it) in key order, plus the listen guard."""
+    ``service_rules`` such as a cache of it) in key order, plus the listen guard.
+    ``second_ports``: the second listeners' ports (see `render_service`)."""
+    second_ports = second_ports or {}
     chains: dict[tuple[int, str], dict[str, list[tuple[str, ...]]]] = {}
     for fam in (4, 6):
         chains[(fam, "nat")] = {c: [] for c in OWN_CHAINS["nat"]}
@@ -367,7 +402,8 @@ def render_rules(ports: Mapping[ServicePortKey, ServicePort],
     used_families = {4}
     for key in sorted(ports):
         if service_rules is None:
-            part = render_service(key, ports[key], proxy_ports.get(key), listen)
+            part = render_service(key, ports[key], proxy_ports.get(key), listen,
+                                  second_ports.get(key))
         else:
             part = service_rules(key, ports[key], proxy_ports.get(key))
         for (fam, table, chain), spec in part.rules:
@@ -398,27 +434,31 @@ class RuleRenderer:
 
     def __init__(self) -> None:
         self._listen: ListenAddresses | None = None
-        self._cache: dict[ServicePortKey, tuple[ServicePort, int | None, ServiceRules]] = {}
+        self._cache: dict[ServicePortKey, tuple[ServicePort, tuple[int | None, int | None],
+                                                ServiceRules]] = {}
         self.rendered_last = 0  # service ports actually rendered by the last call
 
     def __call__(self, ports: Mapping[ServicePortKey, ServicePort],
                  proxy_ports: Mapping[ServicePortKey, int],
-                 listen: ListenAddresses) -> RuleSet:
+                 listen: ListenAddresses,
+                 second_ports: Mapping[ServicePortKey, int] | None = None) -> RuleSet:
         if listen != self._listen:
             self._cache.clear()
             self._listen = listen
         old, self._cache = self._cache, {}
         self.rendered_last = 0
+        seconds = second_ports or {}
 
         def service_rules(key: ServicePortKey, sp: ServicePort,
                           proxy_port: int | None) -> ServiceRules:
             hit = old.get(key)
-            if hit is not None and hit[1] == proxy_port and (hit[0] is sp or hit[0] == sp):
+            ports_now = (proxy_port, seconds.get(key))
+            if hit is not None and hit[1] == ports_now and (hit[0] is sp or hit[0] == sp):
                 part = hit[2]
             else:
-                part = render_service(key, sp, proxy_port, listen)
+                part = render_service(key, sp, proxy_port, listen, seconds.get(key))
                 self.rendered_last += 1
-            self._cache[key] = (sp, proxy_port, part)
+            self._cache[key] = (sp, ports_now, part)
             return part
 
         return render_rules(ports, proxy_ports, listen, service_rules)

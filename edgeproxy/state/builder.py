@@ -9,8 +9,10 @@ order, whether or not a `BuildCache` is passed. It owns
   SCTP ports stay in the verdict's port list but never enter the desired state;
 * endpoints, matched to service ports by port name and protocol as kube-proxy does: from the
   EndpointSlices labelled ``kubernetes.io/service-name`` when the Service has any, otherwise from
-  its Endpoints; an unset ``ready`` is ready; not-ready addresses are left out; deduplicated and
-  sorted; the target port is the endpoint port's number;
+  its Endpoints; the target port is the endpoint port's number. Each port keeps every endpoint
+  with its conditions, node, zone, hints and target (``endpoint_info``, read by
+  ``state.endpoints``) and the Service's traffic policies (``traffic``); ``endpoints`` is the
+  sorted, deduplicated ready ones;
 * VIP conflicts: two services claiming the same VIP:port/protocol -> the service with the
   smaller source wins, the loser's port is not proxied and the conflict is reported;
 * DestinationRules (EdgeMesh): the rule named like the Service in its namespace sets the
@@ -39,7 +41,6 @@ from edgeproxy.model import (
     SERVICE_NAME_LABEL,
     Conflict,
     DesiredState,
-    Endpoint,
     FilterMode,
     KubeObject,
     LoadBalancerKind,
@@ -54,6 +55,7 @@ from edgeproxy.model import (
     Verdict,
 )
 
+from .endpoints import endpoints_endpoints, port_endpoints, slice_endpoints, traffic_policy
 from .gcpause import gc_paused
 from .filtering import PROXIED_PROTOCOLS, service_vips, verdict_reason
 
@@ -172,43 +174,6 @@ def _policy(rule: KubeObject | None) -> LoadBalancerPolicy:
     return LoadBalancerPolicy(LoadBalancerKind.ROUND_ROBIN, None, rule.source)
 
 
-def _slice_endpoints(slices: Iterable[KubeObject]) -> dict[tuple[str, str], set[Endpoint]]:
-    """(port name, protocol) -> ready endpoints, from EndpointSlices.
-
-    A slice port without a name (or with "") matches the Service's unnamed port, as in
-    kube-proxy (a nil name is read as ""). A slice port without a number carries no target.
-    """
-    out: dict[tuple[str, str], set[Endpoint]] = defaultdict(set)
-    for s in slices:
-        body = s.body
-        if body.get("addressType") == "FQDN":
-            continue
-        ready = [a for ep in (body.get("endpoints") or [])
-                 if ((ep.get("conditions") or {}).get("ready") is not False)
-                 for a in ep.get("addresses") or []]
-        if not ready:
-            continue
-        for port in body.get("ports") or []:
-            number = port.get("port")
-            if not number:
-                continue
-            bucket = out[(port.get("name") or "", port.get("protocol") or "TCP")]
-            bucket.update(Endpoint(a, number) for a in ready)
-    return out
-
-
-def _endpoints_endpoints(obj: KubeObject) -> dict[tuple[str, str], set[Endpoint]]:
-    out: dict[tuple[str, str], set[Endpoint]] = defaultdict(set)
-    for subset in obj.body.get("subsets") or []:
-        ready = [a["ip"] for a in subset.get("addresses") or []]  # notReadyAddresses excluded
-        if not ready:
-            continue
-        for port in subset.get("ports") or []:
-            bucket = out[(port.get("name") or "", port.get("protocol") or "TCP")]
-            bucket.update(Endpoint(ip, port["port"]) for ip in ready)
-    return out
-
-
 def _all_keys(svc: KubeObject) -> tuple[ServicePortKey, ...]:
     keys = []
     for p in (svc.body.get("spec") or {}).get("ports") or []:
@@ -229,11 +194,12 @@ def _compute(svc: KubeObject, deps: _Deps) -> _ServiceResult:
         return _ServiceResult(verdict, (), (), {}, {})
     spec = svc.body.get("spec") or {}
     if deps.slices:
-        backends = _slice_endpoints(deps.slices)
+        backends = slice_endpoints(deps.slices)
     elif deps.endpoints is not None:
-        backends = _endpoints_endpoints(deps.endpoints)
+        backends = endpoints_endpoints(deps.endpoints)
     else:
         backends = {}
+    traffic = traffic_policy(svc.body)
     policy = _policy(deps.rule)
     affinity = spec.get("sessionAffinity") == "ClientIP"
     timeout = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get(
@@ -248,13 +214,14 @@ def _compute(svc: KubeObject, deps: _Deps) -> _ServiceResult:
         if protocol not in PROXIED_PROTOCOLS:
             continue
         name = p.get("name") or ""
+        ready, infos, port_traffic = port_endpoints(backends.get((name, protocol)), traffic)
         sp = ServicePort(
             key=ServicePortKey(svc.namespace, svc.name, name, Protocol(protocol)),
             port=p["port"], cluster_ips=vips, node_port=p.get("nodePort") or None,
             external_ips=external, load_balancer_ips=lb_ips,
             session_affinity=affinity, affinity_timeout=timeout,
-            endpoints=tuple(sorted(backends.get((name, protocol), ()))),
-            lb_policy=policy, source=svc.source)
+            endpoints=ready, lb_policy=policy, source=svc.source,
+            endpoint_info=infos, traffic=port_traffic)
         ports.append(sp)
         claims.append(tuple(f"{vip} {sp.port} {protocol}" for vip in sp.vips))
     verdict = ServiceVerdict(svc.source, svc.namespace, svc.name, Verdict.PROXY, None, all_keys)

@@ -38,7 +38,9 @@ def test_examples_json_shape() -> None:
     assert set(by_name) == {"web", "echo", "edge-dns", "node-metrics"}
     web = by_name["web"]
     assert set(web) == {"file", "document", "namespace", "name", "verdict", "reason", "ports",
-                        "allocatedClusterIPs"}
+                        "allocatedClusterIPs", "trafficPolicy"}
+    assert web["trafficPolicy"] == {"internalTrafficPolicy": "Cluster",
+                                    "externalTrafficPolicy": "Cluster"}
     assert (web["verdict"], web["reason"], web["document"]) == ("proxy", None, "0")
     (port,) = web["ports"]
     assert port["name"] == "http" and port["port"] == 80 and port["protocol"] == "TCP"
@@ -46,6 +48,54 @@ def test_examples_json_shape() -> None:
     assert port["endpoints"] == ["198.18.1.11:8080", "198.18.1.12:8080"]
     assert by_name["node-metrics"]["verdict"] == "skip"
     assert by_name["node-metrics"]["reason"] == "label"
+
+
+def test_endpoint_metadata_and_traffic_policies(tmp_path: Path, capsys) -> None:
+    (tmp_path / "web.yaml").write_text("""\
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  annotations: {service.kubernetes.io/topology-mode: Auto}
+spec:
+  clusterIP: 198.19.0.10
+  type: NodePort
+  internalTrafficPolicy: Local
+  externalTrafficPolicy: Local
+  trafficDistribution: PreferClose
+  ports: [{port: 80, nodePort: 30080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-a, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+- addresses: [198.18.1.11]
+  nodeName: edge-1
+  zone: zone-a
+  hints: {forZones: [{name: zone-a}]}
+  targetRef: {kind: Pod, name: web-0}
+- addresses: [198.18.1.12]
+  conditions: {ready: false, serving: true, terminating: true}
+""")
+    assert main(["validate", "-o", "json", str(tmp_path)]) == 0
+    (web,) = json.loads(capsys.readouterr().out)["services"]
+    assert web["trafficPolicy"] == {"internalTrafficPolicy": "Local",
+                                    "externalTrafficPolicy": "Local",
+                                    "trafficDistribution": "PreferClose", "topologyMode": "Auto"}
+    (port,) = web["ports"]
+    assert port["endpoints"] == ["198.18.1.11:8080"]  # the ready ones, as before
+    assert port["endpointDetails"] == [
+        {"address": "198.18.1.11:8080", "ready": True, "serving": True, "terminating": False,
+         "nodeName": "edge-1", "zone": "zone-a", "hints": {"forZones": ["zone-a"]},
+         "targetRef": {"kind": "Pod", "name": "web-0"}},
+        {"address": "198.18.1.12:8080", "ready": False, "serving": True, "terminating": True}]
+    assert main(["validate", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "internalTrafficPolicy Local, externalTrafficPolicy Local" in text
+    assert "198.18.1.11:8080  ready  on zone-a/edge-1  hints forZones=zone-a  Pod web-0" in text
+    assert "198.18.1.12:8080  terminating, serving" in text
 
 
 def test_filter_mode_flag(capsys) -> None:

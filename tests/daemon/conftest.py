@@ -16,7 +16,7 @@ def daemon():
     keeper = FakeKeeper(proxy.calls)
     d = Daemon(config, factories={"computer": lambda: computer, "proxy": lambda: proxy,
                                   "keeper": lambda: keeper,
-                                  "render": lambda: lambda ports, pp, listen: dict(pp),
+                                  "render": lambda: lambda ports, pp, listen, second: dict(pp),
                                   "dns": FakeDns},
                watch=False, environ={})
     d.start()

@@ -7,7 +7,7 @@ that they do, so a fake cannot drift from the interface it stands in for.
 from dataclasses import dataclass, field
 
 from edgeproxy.daemon.compute import Computed
-from edgeproxy.forwarding.stats import ServiceStats
+from edgeproxy.forwarding.stats import EndpointReport, PortEndpointsReport, ServiceStats
 from edgeproxy.model import (DesiredState, Endpoint, FilterMode, Protocol, ServicePort,
                              ServicePortKey, ServiceVerdict, SkipReason, SourceRef, Verdict)
 from edgeproxy.rules.backends.check import CheckCounts
@@ -58,6 +58,7 @@ class FakeComputer:
 class FakeProxy:
     def __init__(self):
         self.calls, self.ports = [], {}
+        self.second_ports: dict = {}
         self.udp_timeout, self.tcp_idle_timeout, self.drain_grace = 30.0, None, 0.0
         self.max_connections = 10000
         self.repairs_total = 0
@@ -87,6 +88,13 @@ class FakeProxy:
 
     def stats(self):
         return {k: ServiceStats(active_connections=2, bytes_in=100) for k in self.ports}
+
+    def endpoint_reports(self):
+        return {k: PortEndpointsReport("", "Cluster", False, endpoints={
+            "198.18.1.11:8080": EndpointReport("remote", True, "healthy")}) for k in self.ports}
+
+    def configure_endpoints(self, node, locality_aware, health, probe_concurrency):
+        self.calls.append(("configure_endpoints", node, locality_aware))
 
     def stop(self, grace=None):
         self.calls.append("stop")

@@ -331,3 +331,23 @@ def test_manifest_error_series_are_bounded(daemon):
     assert len(series) == MAX_ERROR_FILES + 1
     assert f'edgeproxy_manifest_errors{{file="{OTHER_FILES}"}} 10.0' in body
     assert 'edgeproxy_manifest_errors{file="f000.yaml"} 2.0' in body  # the worst are kept
+
+
+def test_sighup_applies_node_identity_and_endpoint_health_settings(daemon, tmp_path):
+    config_file = tmp_path / "edgeproxy.yaml"
+    daemon.reread_config = lambda: build_config({
+        "config": str(config_file), "healthz_bind_address": "127.0.0.1:0",
+        "metrics_bind_address": "127.0.0.1:0", "manifests": "/nonexistent"})
+    config_file.write_text("zone: zone-b\nnodeName: edge-7\nlocalityAware: false\n"
+                           "outlierConsecutiveFailures: 5\n")
+    daemon.reload()
+    node_calls = [c for c in daemon.proxy.calls if c[0] == "configure_endpoints"]
+    assert len(node_calls) == 1
+    _, node, locality = node_calls[0]
+    assert (node.name, node.zone, locality) == ("edge-7", "zone-b", False)
+    assert build_status(daemon)["node"] == {"name": "edge-7", "zone": "zone-b",
+                                            "localityAware": False}
+    config_file.write_text("zone: zone-b\nnodeName: edge-7\nlocalityAware: false\n"
+                           "outlierConsecutiveFailures: 5\nudpTimeout: 9s\n")
+    daemon.reload()  # nothing of the endpoint settings changed: not re-applied
+    assert len([c for c in daemon.proxy.calls if c[0] == "configure_endpoints"]) == 1

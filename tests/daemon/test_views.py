@@ -56,9 +56,9 @@ def test_the_real_parts():
                       core.DnsService)
     assert_implements(RuleKeeper(FakeRuleBackend()), core.Keeper)
     assert_implements(DirectoryWatcher(Path("/nonexistent"), lambda paths: None), core.Watcher)
-    # core.Renderer is a Callable alias: (ports, proxy_ports, listen) -> RuleSet
+    # core.Renderer is a Callable alias: (ports, proxy_ports, listen, second_ports) -> RuleSet
     assert list(inspect.signature(RuleRenderer()).parameters) == ["ports", "proxy_ports",
-                                                                 "listen"]
+                                                                 "listen", "second_ports"]
 
 
 @pytest.mark.parametrize("name", ["legacy", "nft", "nftables"])

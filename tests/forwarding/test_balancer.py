@@ -258,3 +258,133 @@ def test_header_hash_remove_endpoint_keeps_other_keys():
     for u in users:
         if before[u] != Endpoint("198.18.1.10", 3):
             assert lb.next_endpoint(hash_key=u) == before[u]
+
+
+# -- locality tiers, health and panic (issue 13) -------------------------------------------------
+
+from edgeproxy.forwarding.health import EndpointHealth, HealthSettings  # noqa: E402
+
+
+def unhealthy(*dead, endpoints, clock):
+    """A health tracker over ``endpoints`` in which ``dead`` are ejected."""
+    h = EndpointHealth(HealthSettings(consecutive_failures=1), clock=clock)
+    h.update(endpoints)
+    for ep in dead:
+        h.dial_failed(ep, clock(), "refused")
+    return h
+
+
+@pytest.mark.parametrize("kind", [LoadBalancerKind.ROUND_ROBIN, LoadBalancerKind.RANDOM,
+                                  LoadBalancerKind.CONSISTENT_HASH_SOURCE_IP])
+def test_first_tier_with_a_usable_endpoint_takes_every_connection(kind):
+    clock = FakeClock()
+    node, zone, rest = eps(1), eps(2, 3), eps(4, 5)
+    h = unhealthy(endpoints=node + zone + rest, clock=clock)
+    lb = Balancer(policy=LoadBalancerPolicy(kind), tiers=[node, zone, rest], health=h,
+                  clock=clock, rng=random.Random(3))
+    assert {lb.next_endpoint(f"10.0.0.{i}") for i in range(50)} == set(node)
+    h.dial_failed(node[0], clock(), "refused")  # this node's pod is gone: the zone's next
+    picked = Counter(lb.next_endpoint(f"10.0.0.{i}") for i in range(200))
+    assert set(picked) == set(zone)
+    assert not lb.panic
+
+
+def test_round_robin_skips_ejected_and_keeps_going_round():
+    clock = FakeClock()
+    all_ = eps(1, 2, 3)
+    h = unhealthy(all_[1], endpoints=all_, clock=clock)
+    lb = Balancer(all_, health=h, clock=clock, rng=random.Random(1))
+    got = [lb.next_endpoint() for _ in range(6)]
+    assert all_[1] not in got and Counter(got) == {all_[0]: 3, all_[2]: 3}
+
+
+def test_hash_ring_moves_only_the_keys_of_the_ejected_endpoint():
+    clock = FakeClock()
+    all_ = eps(1, 2, 3, 4)
+    policy = LoadBalancerPolicy(LoadBalancerKind.CONSISTENT_HASH_SOURCE_IP)
+    h = unhealthy(endpoints=all_, clock=clock)
+    lb = Balancer(all_, policy, health=h, clock=clock)
+    clients = [f"10.1.{i // 250}.{i % 250}" for i in range(1000)]
+    before = {c: lb.next_endpoint(c) for c in clients}
+    h.dial_failed(all_[0], clock(), "refused")
+    after = {c: lb.next_endpoint(c) for c in clients}
+    assert all_[0] not in after.values()
+    moved = [c for c in clients if before[c] != after[c]]
+    assert moved and all(before[c] == all_[0] for c in moved)
+
+
+def test_affinity_pin_moves_off_an_ejected_endpoint_and_stays_on_the_new_one():
+    clock = FakeClock()
+    all_ = eps(1, 2, 3)
+    h = unhealthy(endpoints=all_, clock=clock)
+    lb = Balancer(all_, session_affinity=True, health=h, clock=clock, rng=random.Random(2))
+    first = lb.next_endpoint(C1)
+    assert lb.next_endpoint(C1) == first
+    h.dial_failed(first, clock(), "refused")
+    moved = lb.next_endpoint(C1)
+    assert moved != first
+    h.probe_done(first, True, clock())  # the old one is back: the client stays where it is now
+    assert [lb.next_endpoint(C1) for _ in range(5)] == [moved] * 5
+
+
+def test_panic_when_every_endpoint_is_ejected_tries_them_all():
+    clock = FakeClock()
+    node, rest = eps(1), eps(2, 3)
+    h = unhealthy(*(node + rest), endpoints=node + rest, clock=clock)
+    lb = Balancer(tiers=[node, rest], health=h, clock=clock, rng=random.Random(5))
+    got = {lb.next_endpoint() for _ in range(60)}
+    assert got == set(node + rest) and lb.panic and lb.panic_picks_total == 60
+    h.probe_done(rest[0], True, clock())
+    assert lb.next_endpoint() == rest[0] and not lb.panic
+
+
+def test_slow_endpoint_is_passed_over_within_its_tier_only():
+    clock = FakeClock()
+    node, zone = eps(1, 2), eps(3)
+    h = EndpointHealth(HealthSettings(slow_dial_min=0.02), clock=clock)
+    h.update(node + zone)
+    lb = Balancer(tiers=[node, zone], health=h, clock=clock, rng=random.Random(1))
+    h.dial_started(node[0], clock.now)
+    clock.now += 0.05  # its SYN has had no answer for 50 ms
+    assert {lb.next_endpoint() for _ in range(10)} == {node[1]}
+    h.dial_started(node[1], clock.now)
+    clock.now += 0.05  # both of this node's are slow: still this node, not the zone
+    assert {lb.next_endpoint() for _ in range(10)} <= set(node)
+
+
+@pytest.mark.parametrize("with_health", [False, True])
+def test_failover_avoids_the_endpoints_the_connection_already_tried(with_health):
+    clock = FakeClock()
+    all_ = eps(1, 2, 3)
+    h = unhealthy(endpoints=all_, clock=clock) if with_health else None
+    lb = Balancer(all_, health=h, clock=clock, rng=random.Random(4))
+    for _ in range(20):
+        first = lb.next_endpoint()
+        lb.next_endpoint()  # another client moves the round-robin position meanwhile
+        second = lb.next_endpoint(attempt=1, reset_affinity=True, avoid=[first])
+        assert second != first
+        third = lb.next_endpoint(attempt=2, reset_affinity=True, avoid=[first, second])
+        assert third not in (first, second)
+    # Everything tried: one of them again rather than nothing.
+    assert lb.next_endpoint(attempt=3, avoid=all_) in all_
+
+
+def test_hash_failover_walks_the_ring_past_what_was_tried():
+    all_ = eps(1, 2, 3)
+    lb = Balancer(all_, LoadBalancerPolicy(LoadBalancerKind.CONSISTENT_HASH_SOURCE_IP))
+    first = lb.next_endpoint(C1)
+    second = lb.next_endpoint(C1, attempt=1, avoid=[first])
+    assert second != first and second == lb.next_endpoint(C1, attempt=1)
+
+
+def test_hash_keys_stay_on_a_slow_endpoint_until_it_is_ejected():
+    clock = FakeClock()
+    all_ = eps(1, 2, 3)
+    h = EndpointHealth(HealthSettings(slow_dial_min=0.01), clock=clock)
+    h.update(all_)
+    lb = Balancer(all_, LoadBalancerPolicy(LoadBalancerKind.CONSISTENT_HASH_SOURCE_IP),
+                  health=h, clock=clock)
+    owner = lb.next_endpoint(C1)
+    h.dial_started(owner, clock.now)
+    clock.now += 0.05  # its SYN has waited 50 ms: slow, not ejected
+    assert lb.next_endpoint(C1) == owner

@@ -197,10 +197,11 @@ def test_black_holed_endpoint_does_not_block_other_clients(netns, tmp_path):
             gevent.joinall([first, second], timeout=8, raise_error=True)
             assert sorted(v[1] for v in timings.values()) == [b"live:a", b"live:b"]
             fast, slow = sorted(v[0] for v in timings.values())
-            assert slow >= 1.4   # one client waited for the black hole, then failed over
+            assert 0.9 <= slow < 1.4  # one client waited for the black hole, then failed over
             assert fast < 0.5    # the other was served meanwhile
-            # a: hole (1 s), hole again after b took live (0.5 s), then live.
-            assert srv.stats()[key()].dial_failures_total == 2
+            # a: hole (1 s), then live: its failover avoids the endpoint it already tried,
+            # although b moved the round-robin position back to the hole meanwhile.
+            assert srv.stats()[key()].dial_failures_total == 1
         finally:
             srv.stop(0)
             live.stop()

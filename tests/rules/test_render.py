@@ -306,3 +306,58 @@ def test_caching_renderer_equals_a_full_render_and_renders_only_what_changed():
     other = ListenAddresses(ipv4="169.254.96.18")
     assert renderer(changed, proxy2, other) == render_rules(changed, proxy2, other)
     assert renderer.rendered_last == len(changed)
+
+
+@pytest.mark.parametrize("internal,external,cluster_ip,pods_external,host_external", [
+    # (cluster IPs, external addresses from pods, from the host): main or second listener
+    ("Cluster", "Local", "main", "second", "main"),
+    ("Local", "Cluster", "main", "second", "second"),
+    ("Local", "Local", "main", "main", "second"),
+])
+def test_traffic_policies_split_external_addresses_onto_the_second_listener(
+        internal, external, cluster_ip, pods_external, host_external):
+    """kube-proxy's external-traffic chain: pods reaching an external address (external IP,
+    load-balancer IP, NodePort) follow externalTrafficPolicy, the node itself always gets the
+    Cluster set, the cluster IPs follow internalTrafficPolicy: a port whose policies need both
+    sets gets a second listener and its external captures split between the two."""
+    from dataclasses import replace
+
+    from edgeproxy.model import TrafficPolicy
+
+    gw = replace(states.full_ports()[states.GW], traffic=TrafficPolicy(internal, external))
+    ports = {states.GW: gw}
+    pp, second = {states.GW: 61000}, {states.GW: 61001}
+    rs = render_rules(ports, pp, states.LISTEN, second_ports=second)
+    tables = _node(rs)
+    where = {"main": "169.254.96.17:61000", "second": "169.254.96.17:61001"}
+    for path in ("pod", "host"):
+        assert trace(tables, Packet("198.19.0.40", 443, path=path)).destination == \
+            where[cluster_ip]
+    for dst, port in (("198.18.200.1", 443), ("198.18.0.1", 443), ("198.18.0.1", 30443)):
+        assert trace(tables, Packet(dst, port)).destination == where[pods_external], dst
+        assert trace(tables, Packet(dst, port, path="host")).destination == \
+            where[host_external], dst
+    # Non-local NodePort traffic may reach both listeners.
+    accepted = [spec for name, specs in rs.chains[(4, "filter")] if name == "KUBE-NODEPORT-NON-LOCAL"
+                for spec in specs]
+    assert {spec[spec.index("--dport") + 1] for spec in accepted} == {"61000", "61001"}
+    # The nftables form says the same.
+    nft = rs.nft_chain_rules(4)
+    lb = [r for r in nft["KUBE-PORTALS-CONTAINER"] if r.startswith("ip daddr 198.18.200.1 ")]
+    assert lb == [f'ip daddr 198.18.200.1 tcp dport 443 dnat to {where[pods_external]} '
+                  f'comment "ingress/gateway:https"']
+    node_port = [r for r in nft["KUBE-NODEPORT-HOST"] if "dport 30443" in r]
+    assert node_port and where[host_external] in node_port[0]
+
+
+def test_no_second_port_no_split():
+    from dataclasses import replace
+
+    from edgeproxy.model import TrafficPolicy
+
+    gw = replace(states.full_ports()[states.GW], traffic=TrafficPolicy("Cluster", "Local"))
+    plain = render_rules({states.GW: states.full_ports()[states.GW]}, {states.GW: 61000},
+                         states.LISTEN)
+    # The daemon has not opened the second listener (yet): everything stays on the main one.
+    assert render_rules({states.GW: gw}, {states.GW: 61000}, states.LISTEN).chains == \
+        plain.chains
