@@ -61,7 +61,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from edgeproxy.demo import topology  # noqa: E402
 from edgeproxy.demo.netns import netns_unavailable_reason  # noqa: E402
-from forwarding import BenchError, Procs, wait_line  # noqa: E402
+from forwarding import BenchError, Procs, launch_haproxy, wait_line  # noqa: E402
 
 VARIANTS = ("edgeproxy", "haproxy", "dnat")
 VIPS = {"edgeproxy": "198.19.0.41", "haproxy": "198.19.0.42", "dnat": "198.19.0.43"}
@@ -156,14 +156,12 @@ class OutageBench:
             """) + servers + "\n"
 
     def start_haproxy(self) -> None:
-        if not shutil.which("haproxy"):
-            self.failed["haproxy"] = "haproxy is not installed"
+        try:
+            launch_haproxy(self.procs, self.node, self.tmp / "haproxy.cfg",
+                           self.haproxy_config(), self.args.verbose)
+        except BenchError as exc:
+            self.failed["haproxy"] = str(exc)
             return
-        cfg = self.tmp / "haproxy.cfg"
-        cfg.write_text(self.haproxy_config())
-        if self.args.verbose:
-            print(f"# {cfg}\n{cfg.read_text()}")
-        self.procs.start("haproxy", self.node, ["haproxy", "-f", str(cfg)])
         deadline = time.monotonic() + 10
         while not self.node.run(["ss", "-Hltn", "src", f"{topology.NODE_POD_SIDE}:{HAPROXY_PORT}"],
                                 check=False).stdout.strip():

@@ -168,6 +168,17 @@ class Procs:
         self.procs.clear()
 
 
+def launch_haproxy(procs: Procs, ns: NetNS, cfg: Path, text: str, verbose: bool,
+                   label: str = "haproxy") -> subprocess.Popen:
+    """Write haproxy's configuration and start it in ``ns``; BenchError if it is missing."""
+    if not shutil.which("haproxy"):
+        raise BenchError("haproxy is not installed")
+    cfg.write_text(text)
+    if verbose:
+        print(f"# {cfg}\n{text}")
+    return procs.start(label, ns, ["haproxy", "-f", str(cfg)])
+
+
 def wait_line(popen: subprocess.Popen, what: str, timeout: float) -> str:
     """The first stdout line of a helper (its readiness / result protocol), bounded in time."""
     import selectors
@@ -372,15 +383,9 @@ class Bench:
         return "\n".join(lines) + "\n"
 
     def start_haproxy(self) -> None:
-        if not shutil.which("haproxy"):
-            self.failed["haproxy"] = "haproxy is not installed"
-            return
-        cfg = self.tmp / "haproxy-variant.cfg"
-        cfg.write_text(self.haproxy_config())
-        if self.args.verbose:
-            print(f"# {cfg}\n{cfg.read_text()}")
-        popen = self.procs.start("haproxy variant", self.node, ["haproxy", "-f", str(cfg)])
         try:
+            popen = launch_haproxy(self.procs, self.node, self.tmp / "haproxy-variant.cfg",
+                                   self.haproxy_config(), self.args.verbose, "haproxy variant")
             self.wait_tcp(self.node, NODE_POD_IP, 10080, "haproxy variant")
         except BenchError as exc:
             self.failed["haproxy"] = str(exc)

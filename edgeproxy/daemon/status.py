@@ -7,7 +7,7 @@ so it is tested without a daemon.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:  # `edgeproxy status` imports this module for render_text alone: keep it light
     from edgeproxy.daemon.views import DaemonView
@@ -21,21 +21,13 @@ def _file_errors(daemon: DaemonView) -> list[dict]:
     return [e.to_dict() for e in errors]
 
 
-def _stats(daemon: DaemonView) -> Mapping[ServicePortKey, ServiceStats]:
+def _ask_proxy(daemon: DaemonView, question: Callable[[Any], Mapping]) -> Mapping:
+    """What the proxy answers, or nothing: status must answer even when a piece misbehaves."""
     if daemon.proxy is None:
         return {}
     try:
-        return daemon.proxy.stats()
-    except Exception:  # noqa: BLE001 - status must answer even when a piece misbehaves
-        return {}
-
-
-def _endpoint_reports(daemon: DaemonView) -> Mapping[ServicePortKey, PortEndpointsReport]:
-    if daemon.proxy is None:
-        return {}
-    try:
-        return daemon.proxy.endpoint_reports()
-    except Exception:  # noqa: BLE001 - status must answer even when a piece misbehaves
+        return question(daemon.proxy)
+    except Exception:  # noqa: BLE001 - see the docstring
         return {}
 
 
@@ -85,10 +77,11 @@ def build_status(daemon: DaemonView) -> dict[str, Any]:
 
     no_stats = ServiceStats()  # a service port the forwarder does not (yet) report on
     state = daemon.applied
-    stats = _stats(daemon)
+    stats: Mapping[ServicePortKey, ServiceStats] = _ask_proxy(daemon, lambda p: p.stats())
     computed = daemon.last_computed
     allocated = computed.allocated if computed is not None else {}
-    reports = _endpoint_reports(daemon)
+    reports: Mapping[ServicePortKey, PortEndpointsReport] = _ask_proxy(
+        daemon, lambda p: p.endpoint_reports())
     services = []
     for key in sorted(state.ports):
         sp = state.ports[key]

@@ -374,8 +374,7 @@ class ProxyServer:
         if key in self._second_ports:
             roles.append((self._second_ports[key], True))
         for port, second in roles:
-            have = {sock.family for sock, _ in service.listeners
-                    if (sock in service.second_socks) == second}
+            have = service.listeners.families(second)
             for family, addr in self._families(new):
                 if family in have:
                     continue
@@ -421,8 +420,7 @@ class ProxyServer:
                 continue
             roles = [(False, "")] + ([(True, " second")] if key in self._second_ports else [])
             for second, label in roles:
-                have = {sock.family for sock, _ in service.listeners
-                        if sock.fileno() >= 0 and (sock in service.second_socks) == second}
+                have = service.listeners.families(second)
                 for family, _ in self._families(sp):
                     if family not in have:
                         missing.append((key, ("IPv6" if family == _socket.AF_INET6

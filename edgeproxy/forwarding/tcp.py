@@ -521,8 +521,6 @@ class TcpService:
         # What every dial reports to; the balancers read it (one per port, both listeners).
         self.health = health or balancer.health or EndpointHealth()
         self.second_balancer: Balancer | None = None  # for the second listener's sockets
-        # The second listener's sockets (the objects: a closed one's number may be reused).
-        self.second_socks: set[_socket.socket] = set()
         self.stats = stats
         self.pipes = pipes
         self.max_connections = max_connections
@@ -540,9 +538,7 @@ class TcpService:
     # -- listeners -----------------------------------------------------------------------------
 
     def add_listener(self, sock: _socket.socket, second: bool = False) -> None:
-        if second:
-            self.second_socks.add(sock)
-        self.listeners.add(sock, watch=self.accepting and not self._paused)
+        self.listeners.add(sock, watch=self.accepting and not self._paused, second=second)
 
     def start(self) -> None:
         self.accepting = True
@@ -564,26 +560,17 @@ class TcpService:
             self._backoff_timer.close()
             self._backoff_timer = None
         self.listeners.close()
-        self.second_socks.clear()
 
     def close_family(self, family: int) -> int:
         """Stop accepting on the listeners of one address family (the service lost its last
         VIP of that family); connections already accepted keep running. Returns how many
         listeners were closed."""
-        gone = self.listeners.remove_family(family)
-        for sock in gone:
-            self.second_socks.discard(sock)
-            sock.close()
-        return len(gone)
+        return len(self.listeners.remove_family(family))
 
     def close_second(self) -> int:
         """Close the second listener (its port no longer needs one); connections stay."""
-        gone = self.listeners.remove_where(lambda sock: sock in self.second_socks)
-        for sock in gone:
-            sock.close()
-        self.second_socks.clear()
         self.second_balancer = None
-        return len(gone)
+        return len(self.listeners.remove_second())
 
     @property
     def active(self) -> int:
@@ -593,7 +580,7 @@ class TcpService:
 
     def _on_accept(self, lsock: _socket.socket) -> None:
         family = lsock.family
-        balancer = self.second_balancer if lsock in self.second_socks else None
+        balancer = self.second_balancer if self.listeners.is_second(lsock) else None
         for _ in range(ACCEPT_BATCH):
             if self.active >= self.max_connections:
                 self._pause()  # back-pressure: the kernel backlog holds the rest

@@ -89,7 +89,6 @@ class UdpService:
         # ICMP errors on session sockets count against the endpoint, replies for it.
         self.health = health or balancer.health or EndpointHealth(probes=False)
         self.second_balancer: Balancer | None = None  # for the second listener's sockets
-        self.second_socks: set[_socket.socket] = set()
         self.stats = stats
         self.timeout = timeout
         self.max_sessions = max_sessions
@@ -102,32 +101,26 @@ class UdpService:
         self.accepting = False
 
     def add_listener(self, sock: _socket.socket, second: bool = False) -> None:
-        if second:
-            self.second_socks.add(sock)
-        self.listeners.add(sock, watch=self.accepting)
+        self.listeners.add(sock, watch=self.accepting, second=second)
 
     def close_family(self, family: int) -> int:
         """Close the listeners of one address family (the service lost its last VIP of that
         family) and the sessions answering through them: their replies could not be sent from
         the right address any more. Returns how many listeners were closed."""
-        gone = self.listeners.remove_family(family)
-        for sock in gone:
-            for session in [s for s in self.sessions.values() if s.listener is sock]:
-                self._close(session)
-            self.second_socks.discard(sock)
-            sock.close()
-        return len(gone)
+        return self._end_sessions_of(self.listeners.remove_family(family))
 
     def close_second(self) -> int:
         """Close the second listener and the sessions answering through it."""
-        gone = self.listeners.remove_where(lambda sock: sock in self.second_socks)
-        for sock in gone:
-            for session in [s for s in self.sessions.values() if s.listener is sock]:
-                self._close(session)
-            sock.close()
-        self.second_socks.clear()
         self.second_balancer = None
-        return len(gone)
+        return self._end_sessions_of(self.listeners.remove_second())
+
+    def _end_sessions_of(self, closed: list[_socket.socket]) -> int:
+        """Close the sessions that answered through ``closed`` listeners; returns how many
+        listeners those were."""
+        gone = set(closed)
+        for session in [s for s in self.sessions.values() if s.listener in gone]:
+            self._close(session)
+        return len(closed)
 
     def start(self) -> None:
         self.accepting = True
@@ -137,7 +130,6 @@ class UdpService:
         """Removal: UDP has nothing to drain, so sessions end with the listeners."""
         self.accepting = False
         self.listeners.close()
-        self.second_socks.clear()
         self.abort_all()
         self.budget.unregister_udp(self)
 
@@ -157,7 +149,7 @@ class UdpService:
     def _on_datagram(self, lsock: _socket.socket) -> None:
         buf, view, sessions, stats = self._buf, self._view, self.sessions, self.stats
         now = time.monotonic()
-        second = lsock in self.second_socks if self.second_socks else False
+        second = self.listeners.is_second(lsock)
         for _ in range(RECV_BATCH):
             try:
                 n, addr = lsock.recvfrom_into(buf)
