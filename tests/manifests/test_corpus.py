@@ -1,7 +1,8 @@
 """Every file of the real-world corpus is loaded, and every Service gets EXPECTED.tsv's verdict.
 
-Verdicts are per file (NOTES.md), so each file is loaded as its own root. The corpus lives
-outside the repository (``corpus_dir`` fixture skips when it is absent).
+Verdicts are per file (NOTES.md), so each file is loaded as its own root. The corpus is a
+copy of the project's shared one in tests/data/corpus (tests/test_corpus_copy.py keeps the
+two equal).
 """
 
 from __future__ import annotations
