@@ -111,14 +111,15 @@ class TrustContext:
         root's ancestors (up to /)."""
         base = self.allowed_base(real)
         assert base is not None
-        directory = real.parent
-        while True:
-            problem = self.directory_problem(directory, ancestor=False)
-            if problem or directory == base or directory == directory.parent:
-                break
-            directory = directory.parent
-        if problem:
-            return problem
+        if real != base:  # a root that is one file (`validate FILE`) has no inner directories
+            directory = real.parent
+            while True:
+                problem = self.directory_problem(directory, ancestor=False)
+                if problem or directory == base or directory == directory.parent:
+                    break
+                directory = directory.parent
+            if problem:
+                return problem
         for ancestor in base.parents:
             problem = self.directory_problem(ancestor, ancestor=True)
             if problem:

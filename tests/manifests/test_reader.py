@@ -141,6 +141,22 @@ def test_root_ancestors_world_writable_only_with_the_sticky_bit(tmp_path):
     os.chmod(root.parent, 0o755)
 
 
+
+def test_a_root_that_is_one_file_judges_its_directories_as_ancestors(tmp_path):
+    """`edgeproxy validate FILE`: the file is the root, so every directory above it is an
+    ancestor, where a sticky world-writable one (a checkout under /tmp) is accepted, and a
+    plain world-writable one is not."""
+    root = tree(tmp_path)
+    path = write(root / "one.yaml")
+    os.chmod(root.parent, 0o1777)
+    try:
+        assert read(path, path, SECURE) == b"kind: Service\n"
+        os.chmod(root.parent, 0o777)
+        with pytest.raises(ReadRefused, match="base is writable"):
+            read(path, path, SECURE)
+    finally:
+        os.chmod(root.parent, 0o755)
+
 def test_a_file_changing_while_read_asks_for_a_retry(tmp_path, monkeypatch):
     root = tree(tmp_path)
     path = write(root / "a.yaml", "a: 1\n" * 1000)
