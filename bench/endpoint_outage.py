@@ -61,7 +61,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from edgeproxy.demo import topology  # noqa: E402
 from edgeproxy.demo.netns import netns_unavailable_reason  # noqa: E402
-from forwarding import BenchError, Procs, launch_haproxy, wait_line  # noqa: E402
+from forwarding import (BenchError, Procs, launch_edgeproxy_driver, launch_haproxy,  # noqa: E402
+                        wait_line)
 
 VARIANTS = ("edgeproxy", "haproxy", "dnat")
 VIPS = {"edgeproxy": "198.19.0.41", "haproxy": "198.19.0.42", "dnat": "198.19.0.43"}
@@ -176,15 +177,10 @@ class OutageBench:
                 "services": [{"name": "web", "protocol": "TCP", "vip": VIPS["edgeproxy"],
                               "port": SERVICE_PORT,
                               "endpoints": [[LIVE, BACKEND_PORT], [DOOMED, BACKEND_PORT]]}]}
-        path = self.tmp / "edgeproxy-spec.json"
-        path.write_text(json.dumps(spec))
-        popen = self.procs.start("edgeproxy", self.node,
-                                 [sys.executable, str(REPO / "bench" / "_edgeproxy_node.py"),
-                                  str(path)], stdin=subprocess.PIPE)
-        self.edgeproxy_popen = popen
         try:
-            answer = json.loads(wait_line(popen, "edgeproxy driver", 30))
-        except (BenchError, ValueError) as exc:
+            self.edgeproxy_popen, answer = launch_edgeproxy_driver(
+                self.procs, self.node, spec, self.tmp / "edgeproxy-spec.json")
+        except BenchError as exc:
             self.failed["edgeproxy"] = str(exc)
             return
         if not answer.get("ok"):

@@ -179,6 +179,20 @@ def launch_haproxy(procs: Procs, ns: NetNS, cfg: Path, text: str, verbose: bool,
     return procs.start(label, ns, ["haproxy", "-f", str(cfg)])
 
 
+def launch_edgeproxy_driver(procs: Procs, ns: NetNS, spec: dict, spec_path: Path,
+                            label: str = "edgeproxy") -> tuple[subprocess.Popen, dict]:
+    """Start bench/_edgeproxy_node.py in ``ns`` on ``spec`` and read its one-line answer
+    (``{"ok": true, "pid": ...}`` or ``{"ok": false, "error": ...}``); BenchError when it
+    gives none within 30 s. Its stdin is a pipe: the driver exits when it closes."""
+    spec_path.write_text(json.dumps(spec))
+    popen = procs.start(label, ns, [sys.executable, str(REPO / "bench" / "_edgeproxy_node.py"),
+                                    str(spec_path)], stdin=subprocess.PIPE)
+    try:
+        return popen, json.loads(wait_line(popen, "edgeproxy driver", 30))
+    except ValueError as exc:
+        raise BenchError(f"edgeproxy driver: unreadable answer: {exc}") from None
+
+
 def wait_line(popen: subprocess.Popen, what: str, timeout: float) -> str:
     """The first stdout line of a helper (its readiness / result protocol), bounded in time."""
     import selectors
@@ -400,16 +414,11 @@ class Bench:
                           "port": port, "endpoints": [[BACKEND_IP, be_port]]}
                          for name, proto, port, be_port, _ in SERVICES],
         }
-        spec_path = self.tmp / "edgeproxy-spec.json"
-        spec_path.write_text(json.dumps(spec))
-        popen = self.procs.start(
-            "edgeproxy variant", self.node,
-            [sys.executable, str(REPO / "bench" / "_edgeproxy_node.py"), str(spec_path)],
-            stdin=subprocess.PIPE)
-        self.edgeproxy_popen = popen
         try:
-            answer = json.loads(wait_line(popen, "edgeproxy driver", 30))
-        except (BenchError, ValueError) as exc:
+            self.edgeproxy_popen, answer = launch_edgeproxy_driver(
+                self.procs, self.node, spec, self.tmp / "edgeproxy-spec.json",
+                "edgeproxy variant")
+        except BenchError as exc:
             self.failed["edgeproxy"] = str(exc)
             return
         if not answer.get("ok"):
