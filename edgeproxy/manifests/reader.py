@@ -63,7 +63,9 @@ class TrustContext:
     root: Path
     policy: TrustPolicy
     allowed: tuple[Path, ...] = ()
-    _verdicts: dict[Path, str | None] = field(default_factory=dict)
+    # Keyed by (directory, judged as an ancestor): a sticky world-writable directory passes as
+    # an ancestor of a root but not inside one, so one verdict must not stand for the other.
+    _verdicts: dict[tuple[Path, bool], str | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         roots = [self.root, *self.policy.trusted_roots]
@@ -95,15 +97,15 @@ class TrustContext:
         return None
 
     def directory_problem(self, directory: Path, ancestor: bool) -> str | None:
-        if directory in self._verdicts:
-            return self._verdicts[directory]
+        if (directory, ancestor) in self._verdicts:
+            return self._verdicts[directory, ancestor]
         try:
             st = os.stat(directory)
         except OSError as exc:
             verdict: str | None = f"directory {directory} cannot be read: {exc.strerror or exc}"
         else:
             verdict = self.owner_problem(st, f"directory {directory}", sticky_ok=ancestor)
-        self._verdicts[directory] = verdict
+        self._verdicts[directory, ancestor] = verdict
         return verdict
 
     def chain_problem(self, real: Path) -> str | None:

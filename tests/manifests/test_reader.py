@@ -94,6 +94,28 @@ def test_symlinks_inside_the_root_are_followed_outside_refused(tmp_path):
     assert read(root / "shadow.yaml", root, trusted) == b"password: x\n"
 
 
+
+def test_a_sticky_directory_passed_as_an_ancestor_is_still_judged_inside_a_trusted_root(tmp_path):
+    """One directory, two verdicts: above the manifest root a sticky world-writable directory
+    is accepted (like /tmp); inside a trusted root, where a symlink leads, it is not. The
+    refresh's verdict cache must not let the first stand for the second."""
+    root = tree(tmp_path)
+    trusted_root = root.parent
+    sticky = trusted_root / "drop"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    manifests = sticky / "manifests"
+    manifests.mkdir(mode=0o755)
+    write(manifests / "a.yaml")
+    target = write(sticky / "other.yaml")
+    (manifests / "other.yaml").symlink_to(target)
+    policy = TrustPolicy(require_root_owned=True, owner_uid=os.geteuid(),
+                         trusted_roots=(trusted_root,))
+    context = TrustContext(manifests, policy)
+    assert read_manifest(manifests / "a.yaml", context, LIMIT)[0] == b"kind: Service\n"
+    with pytest.raises(ReadRefused, match="drop is writable"):
+        read_manifest(manifests / "other.yaml", context, LIMIT)
+
 def test_a_symlinked_root_is_judged_by_its_target(tmp_path):
     base = tree(tmp_path).parent
     rev = base / "rev-1"
