@@ -47,7 +47,6 @@ import argparse
 import json
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile

@@ -53,7 +53,7 @@ class StateComputer:
     daemon's syncs are serial), so the cache needs no lock."""
 
     def __init__(self, root: Path, filter_mode: FilterMode, policy: Any = None,
-                 use_worker: bool = True, service_cidr: str = "",
+                 service_cidr: str = "",
                  zone: ZoneSettings | None = None) -> None:
         from edgeproxy.dns.records import ZoneBuilder
         from edgeproxy.manifests.catalog import DEFAULT_SETTLE, ManifestCatalog
@@ -68,14 +68,11 @@ class StateComputer:
         self.zones = ZoneBuilder()
         self._zone_serial = 0
         self.cache = BuildCache()
-        self.worker = None
-        loader = None
-        if use_worker:
-            from edgeproxy.manifests.worker import ParseWorker
+        from edgeproxy.manifests.worker import ParseWorker
 
-            self.worker = ParseWorker()
-            loader = self.worker.load
-        self.catalog = ManifestCatalog(root, keep_last_good=True, policy=policy, loader=loader,
+        self.worker = ParseWorker()
+        self.catalog = ManifestCatalog(root, keep_last_good=True, policy=policy,
+                                       loader=self.worker.load,
                                        settle=DEFAULT_SETTLE)
 
     def compute_blocking(self, changed: Iterable[Path] | None,
@@ -115,5 +112,4 @@ class StateComputer:
                                                  (changed_list, list(writing)))
 
     def close(self) -> None:
-        if self.worker is not None:
-            self.worker.close()
+        self.worker.close()

@@ -86,5 +86,3 @@ class AnswerCache:
             self._entries.popitem(last=False)
         return entry
 
-    def clear(self) -> None:
-        self._entries.clear()

@@ -162,10 +162,6 @@ class Balancer:
         return tuple(self._endpoints)
 
     @property
-    def tiers(self) -> tuple[tuple[Endpoint, ...], ...]:
-        return tuple(tuple(t) for t in self._tiers)
-
-    @property
     def needs_http_header(self) -> bool:
         return self.policy.kind is LoadBalancerKind.CONSISTENT_HASH_HTTP_HEADER and bool(
             self.policy.http_header_name

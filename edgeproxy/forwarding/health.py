@@ -79,14 +79,13 @@ class HealthSettings:
 
 
 class _State:
-    __slots__ = ("state", "failures", "level", "ejected_at", "until", "probe_ok", "probing",
+    __slots__ = ("state", "failures", "level", "until", "probe_ok", "probing",
                  "next_probe", "inflight", "inflight_since", "srtt", "last_error")
 
     def __init__(self) -> None:
         self.state = HEALTHY
         self.failures = 0  # consecutive
         self.level = 0  # ejections since the last success (the back-off exponent)
-        self.ejected_at = 0.0
         self.until = 0.0  # end of the back-off (monotonic)
         self.probe_ok: bool | None = None  # the last probe's verdict since the ejection
         self.probing = False  # a probe is in flight
@@ -259,7 +258,6 @@ class EndpointHealth:
         old = st.state
         st.state = EJECTED
         st.level += 1
-        st.ejected_at = now
         st.until = now + self._backoff(st.level)
         st.probe_ok = None
         st.next_probe = now + self.settings.probe_interval

@@ -66,10 +66,6 @@ def locality(ep: EndpointInfo, node: NodeIdentity) -> str:
     return REMOTE
 
 
-def _ready(ep: EndpointInfo) -> bool:
-    return ep.ready
-
-
 def _serving_terminating(ep: EndpointInfo) -> bool:
     return ep.serving and ep.terminating
 

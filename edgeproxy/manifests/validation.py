@@ -143,7 +143,7 @@ def _message(error) -> tuple[str, str]:
     if kind == "maxLength":
         return "", f"{_yaml(got)} is longer than {expected} characters"
     if kind == "minLength":
-        return "", f"must not be empty" if expected == 1 else \
+        return "", "must not be empty" if expected == 1 else \
             f"{_yaml(got)} is shorter than {expected} characters"
     if kind == "maxItems":
         return "", f"has {len(got)} items, at most {expected} are allowed"

@@ -275,7 +275,6 @@ class ClusterIPAllocator:
         self._summaries: dict[Chunk, _ChunkSummary] = {}
         self._rewritten: dict[Chunk, tuple[tuple, Chunk]] = {}
         self._homes: dict = {}
-        self._first = True
 
     def configure(self, cidrs: ServiceCIDRs, filter_mode: FilterMode) -> None:
         """New settings (SIGHUP); the next `apply` recomputes every summary."""
@@ -310,12 +309,12 @@ class ClusterIPAllocator:
         requests = [(ident, families) for ident, (_, families) in first_request.items()]
         previous = self.allocation
         self.allocation = allocate(requests, explicit, self.cidrs, self._homes)
-        changes = [] if self._first else [
+        # The first allocating call compares with the empty Allocation(): no changes.
+        changes = [
             AddressChange(ident, old, self.allocation.addresses.get(ident, ()),
                           self.allocation.displaced.get(ident))
             for ident, old in previous.addresses.items()
             if ident in self.allocation.addresses and self.allocation.addresses[ident] != old]
-        self._first = False
         self.changes_total += len(changes)
         return self._rewrite(chunks, objects), changes
 

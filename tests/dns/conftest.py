@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.netns import netns_available
 
 SERVER = "198.18.5.53"
 UPSTREAM = "198.18.6.2"

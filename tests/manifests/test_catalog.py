@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-import edgeproxy.manifests.catalog as catalog_module
 from edgeproxy.manifests.catalog import ManifestCatalog
 
 

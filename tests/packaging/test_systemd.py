@@ -12,7 +12,6 @@ import json
 import platform
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 

@@ -9,7 +9,7 @@ import pytest
 
 from edgeproxy.model import FilterMode, KubeObject, SkipReason, SourceRef, Verdict
 from edgeproxy.state import build_state
-from edgeproxy.state.allocation import (CIDRError, ClusterIPAllocator, ServiceCIDRs, allocate,
+from edgeproxy.state.allocation import (CIDRError, ClusterIPAllocator, ServiceCIDRs,
                                         assign, home_offset, needs_address, wanted_families)
 from edgeproxy.state.builder import ChunkedObjects
 
