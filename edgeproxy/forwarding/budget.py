@@ -63,7 +63,8 @@ class SocketBudget:
 
     # -- UDP services that can give descriptors back -------------------------------------------
     def register_udp(self, service: _Evictable) -> None:
-        self._udp.append(service)
+        if service not in self._udp:
+            self._udp.append(service)
 
     def unregister_udp(self, service: _Evictable) -> None:
         if service in self._udp:

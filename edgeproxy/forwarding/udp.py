@@ -84,7 +84,6 @@ class UdpService:
         # Every session socket counts against the process-wide descriptor budget, which may
         # evict this service's idlest session to make room for another service's client.
         self.budget = budget or SocketBudget(1 << 30)
-        self.budget.register_udp(self)
         self.balancer = balancer
         # ICMP errors on session sockets count against the endpoint, replies for it.
         self.health = health or balancer.health or EndpointHealth(probes=False)
@@ -123,6 +122,9 @@ class UdpService:
         return len(closed)
 
     def start(self) -> None:
+        # Registered while serving only (unregistered in close_listeners): a service whose
+        # listeners could not be bound never starts and must not stay on the budget's list.
+        self.budget.register_udp(self)
         self.accepting = True
         self.listeners.watch()
 

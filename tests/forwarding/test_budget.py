@@ -88,3 +88,25 @@ def test_a_udp_flood_cannot_starve_tcp_of_its_room(server, echoes, backends):
     conn.close()
     for c in flood:
         c.close()
+
+
+def test_a_udp_service_that_cannot_listen_leaves_nothing_on_the_budget(server, echoes,
+                                                                        monkeypatch):
+    """A failed add (no port could be bound) must not leave its service among those the
+    budget scans for the idlest session on every eviction."""
+    echo = echoes()
+    srv = server()
+    k = key("a", UDP)
+
+    def no_port(*_args, **_kwargs):
+        raise OSError(98, "Address already in use")
+
+    monkeypatch.setattr(srv, "_allocate_bound", no_port)
+    for _ in range(3):
+        assert k not in srv.reconcile({k: service("a", [echo.endpoint], UDP)})
+    assert srv.budget._udp == []
+    monkeypatch.undo()
+    ports = srv.reconcile({k: service("a", [echo.endpoint], UDP)})
+    assert len(srv.budget._udp) == 1
+    srv.reconcile({})
+    assert ports[k] and srv.budget._udp == []
