@@ -27,7 +27,7 @@ import errno
 import logging
 import time
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import gevent
 
@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 4096
 HOUSEKEEPING_PERIOD = 1.0
+
+
+def _family_name(family: int) -> str:
+    return "IPv6" if family == _socket.AF_INET6 else "IPv4"
 
 
 def _needs_v6(sp: ServicePort) -> bool:
@@ -370,23 +374,15 @@ class ProxyServer:
         # What is actually listening, not what the old spec asked for: a bind that failed
         # last time is retried on the next change.
         had = {sock.family for sock, _ in service.listeners}
-        roles = [(self._ports[key], False)]
-        if key in self._second_ports:
-            roles.append((self._second_ports[key], True))
-        for port, second in roles:
-            have = service.listeners.families(second)
-            for family, addr in self._families(new):
-                if family in have:
-                    continue
-                try:
-                    service.add_listener(self._bind(key.protocol, family, addr, port), second)
-                except OSError as exc:
-                    log.error("%s: cannot add %s listener on port %d: %s", key,
-                              "IPv6" if family == _socket.AF_INET6 else "IPv4", port, exc)
+        for family, addr, port, second in self._listener_gaps(key, service, new):
+            try:
+                service.add_listener(self._bind(key.protocol, family, addr, port), second)
+            except OSError as exc:
+                log.error("%s: cannot add %s listener on port %d: %s", key,
+                          _family_name(family), port, exc)
         for family in had - wanted:
             if service.close_family(family):
-                log.info("%s: no %s VIP left, closed that listener", key,
-                         "IPv6" if family == _socket.AF_INET6 else "IPv4")
+                log.info("%s: no %s VIP left, closed that listener", key, _family_name(family))
 
     def _remove(self, key: ServicePortKey) -> None:
         service = self._services.pop(key)
@@ -412,19 +408,28 @@ class ProxyServer:
 
     # -- keeping the data path ----------------------------------------------------------------
 
-    def _missing_listeners(self) -> list[tuple[ServicePortKey, str]]:
+    def _listener_gaps(self, key: ServicePortKey, service: TcpService | UdpService,
+                       sp: ServicePort) -> Iterator[tuple[int, str, int, bool]]:
+        """(family, address, port, second) of each listener ``sp`` needs that ``service``
+        lacks: the main listener's and, where the port has one, the second listener's."""
+        roles = [(self._ports[key], False)]
+        if key in self._second_ports:
+            roles.append((self._second_ports[key], True))
+        for port, second in roles:
+            have = service.listeners.families(second)
+            for family, addr in self._families(sp):
+                if family not in have:
+                    yield family, addr, port, second
+
+    def _missing_listeners(self) -> list[tuple[ServicePortKey, str, int]]:
+        """(key, "IPv4"/"IPv6" [+ " second"], port) of every listener that should be open."""
         missing = []
         for key, service in self._services.items():
             sp = self._specs.get(key)
             if sp is None:
                 continue
-            roles = [(False, "")] + ([(True, " second")] if key in self._second_ports else [])
-            for second, label in roles:
-                have = service.listeners.families(second)
-                for family, _ in self._families(sp):
-                    if family not in have:
-                        missing.append((key, ("IPv6" if family == _socket.AF_INET6
-                                              else "IPv4") + label))
+            for family, _, port, second in self._listener_gaps(key, service, sp):
+                missing.append((key, _family_name(family) + (" second" if second else ""), port))
         return missing
 
     def health_problems(self) -> list[str]:
@@ -434,9 +439,8 @@ class ProxyServer:
         problems = []
         if self.manage_interface:
             problems += listen_mod.data_path_problems(self.listen, self.ipv6_ready)
-        problems += [f"{key}: no {family} listener on port "
-                     f"{(self._second_ports if 'second' in family else self._ports).get(key)}"
-                     for key, family in self._missing_listeners()]
+        problems += [f"{key}: no {family} listener on port {port}"
+                     for key, family, port in self._missing_listeners()]
         return problems
 
     def verify(self) -> list[str]:
@@ -453,9 +457,10 @@ class ProxyServer:
                 self.routes.recheck_soon()
                 self.routes.sync({vip for sp in self._specs.values() for vip in sp.vips})
                 repaired += broken
-        for key, family in self._missing_listeners():
+        missing = self._missing_listeners()
+        for key in dict.fromkeys(key for key, _, _ in missing):  # each port once, in order
             self._sync_families(key, self._services[key], self._specs[key])
-            repaired.append(f"{key}: {family} listener was closed")
+        repaired += [f"{key}: {family} listener was closed" for key, family, _ in missing]
         self.repairs_total += len(repaired)
         return repaired
 

@@ -341,3 +341,21 @@ def test_a_closing_backend_fin_follows_its_answer_so_the_client_closes_second(ne
     waiting = netns.run(["ss", "-Htan", "state", "time-wait", "dst", f"127.0.0.1:{port}"]
                         ).stdout.splitlines()
     assert len(waiting) < 20, f"{len(waiting)} of 200 client sockets in TIME_WAIT"
+
+
+def test_closed_listeners_are_reported_and_reopened_on_the_same_port(server, backends):
+    """Both listeners of a dual-stack port closed behind the server's back: health names each
+    with its port, one verify reopens both (the port synced once) and says what it repaired."""
+    b = backends(tag=b"b:")
+    srv = server()
+    both = service("web", [b.endpoint], vips=("198.19.0.10", "fd00:198:19::10"))
+    port = srv.reconcile({key(): both})[key()]
+    for sock, _ in list(srv._services[key()].listeners):
+        sock.close()
+    assert srv.health_problems() == [f"{key()}: no IPv4 listener on port {port}",
+                                     f"{key()}: no IPv6 listener on port {port}"]
+    assert srv.verify() == [f"{key()}: IPv4 listener was closed",
+                            f"{key()}: IPv6 listener was closed"]
+    assert srv.health_problems() == [] and srv.verify() == []
+    assert request(port, b"4", host="127.0.0.1") == b"b:4"
+    assert request(port, b"6", host="::1") == b"b:6"
