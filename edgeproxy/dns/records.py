@@ -40,8 +40,9 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Iterable, Mapping, NamedTuple
 
-from edgeproxy.model import SERVICE_NAME_LABEL, KubeObject
+from edgeproxy.model import KubeObject
 
+from edgeproxy.state.builder import group_objects
 from edgeproxy.state.filtering import service_vips
 
 SCHEMA_VERSION = "1.1.0"  # kubernetes/dns docs/specification.md
@@ -285,27 +286,10 @@ class ZoneBuilder:
         key = (tuple(map(id, objects)), domain, ttl, ns_addresses)
         if key == self._last_key and self._last is not None:
             return self._last  # nothing changed: same Zone, same serial
-        services: dict[tuple[str, str], KubeObject] = {}
-        endpoints: dict[tuple[str, str], KubeObject] = {}
-        slices: dict[tuple[str, str], list[KubeObject]] = defaultdict(list)
-        slice_winners: dict[tuple[str, str], KubeObject] = {}
-        for obj in objects:
-            ident = (obj.namespace, obj.name)
-            if obj.kind == "Service":
-                table = services
-            elif obj.kind == "Endpoints":
-                table = endpoints
-            elif obj.kind == "EndpointSlice":
-                table = slice_winners
-            else:
-                continue
-            first = table.get(ident)
-            if first is None or obj.order < first.order:
-                table[ident] = obj
-        for s in slice_winners.values():
-            owner = ((s.body.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL)
-            if owner:
-                slices[(s.namespace, owner)].append(s)
+        groups = group_objects(objects)  # the same winners and slice owners as the proxy's
+        services = groups.winners["Service"]
+        endpoints = groups.winners["Endpoints"]
+        slices = groups.slices
         cache: dict[KubeObject, tuple[_Deps, _Result]] = {}
         results = []
         for svc in sorted(services.values(), key=_ORDER):

@@ -246,7 +246,10 @@ def build_state(objects: Iterable[KubeObject],
                       ).run(objects, tuple(errors))
 
 
-def _group(objects: Iterable[KubeObject]) -> _Groups:
+def group_objects(objects: Iterable[KubeObject]) -> _Groups:
+    """Winners per kind and (namespace, name) (the smallest source order wins), the losing
+    duplicates, counts of ignored kinds, and EndpointSlices by owning Service; the DNS zone
+    builds on the same grouping."""
     winners: dict[str, dict[Ident, KubeObject]] = {k: {} for k in _USED_KINDS}
     losers: list[KubeObject] = []
     ignored: dict[str, int] = defaultdict(int)
@@ -273,7 +276,7 @@ def _group(objects: Iterable[KubeObject]) -> _Groups:
 
 
 def _chunk(objects: Chunk) -> _Chunk:
-    groups = _group(objects)
+    groups = group_objects(objects)
     idents = {key for table in groups.winners.values() for key in table}
     idents.update(groups.slices)
     tables = [(kind, table) for kind, table in groups.winners.items() if table]
@@ -360,7 +363,7 @@ class _Build:
             groups, parts, dirty = merged
             batches = [(part.services, part) for part in parts]
         else:
-            groups, parts, dirty = _group(objects), [], set()
+            groups, parts, dirty = group_objects(objects), [], set()
             batches = [(sorted(groups.winners["Service"].values(), key=_ORDER), None)]
         self._duplicates(groups)
         # A flat build keeps only the entries it used (bounded by its size); chunked builds
