@@ -125,11 +125,11 @@ class Forwarder:
         self.errors_total[name] = self.errors_total.get(name, 0) + 1
         log.debug("upstream %s: %s", name, why)
 
-    def ask(self, query_wire: bytes) -> DNSRecord | None:
-        """The upstreams' answer to ``query_wire`` (one question, our ID in it), or None."""
+    def ask(self, query: DNSRecord) -> DNSRecord | None:
+        """The upstreams' answer to ``query`` (one question, our ID in it), or None."""
         if self.down:
             return None
-        query = DNSRecord.parse(query_wire)
+        query_wire = query.pack()
         deadline = self.clock() + self.timeout
         attempts = min(MAX_ATTEMPTS, max(2, len(self.upstreams)))
         per_attempt = self.timeout / attempts

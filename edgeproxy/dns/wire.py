@@ -226,13 +226,13 @@ def relay(query: DNSRecord, upstream: DNSRecord, age: int, tcp: bool,
 
 
 def upstream_query(qname: DNSLabel, qtype: int, qclass: int, do: bool, cd: bool,
-                   qid: int) -> bytes:
+                   qid: int) -> DNSRecord:
     """What we ask an upstream: the client's question, RD, its DO/CD bits, our payload size
     (not the client's own options: an answer is shared by every client that asks)."""
     message = DNSRecord(DNSHeader(id=qid, rd=1), q=DNSQuestion(qname, qtype, qclass))
     message.header.cd = int(cd)
     message.add_ar(EDNS0(udp_len=MAX_UDP_PAYLOAD, flags="do" if do else ""))
-    return message.pack()
+    return message
 
 
 def cache_key_flags(query: DNSRecord) -> tuple[bool, bool]:
