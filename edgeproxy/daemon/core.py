@@ -501,8 +501,8 @@ class Daemon:
         self.keeper.start()
         self.runner.start(ran_at=initial)
         self.ready = True
-        sdnotify.notify(f"READY=1\nSTATUS={self.status_line()}", self.environ)
         self._last_status_line = self.status_line()
+        sdnotify.notify(f"READY=1\nSTATUS={self._last_status_line}", self.environ)
         interval = sdnotify.watchdog_interval(self.environ)
         if interval:
             gevent.spawn(self._watchdog_loop, interval)
