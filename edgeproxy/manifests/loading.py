@@ -14,7 +14,7 @@ from pathlib import Path
 from edgeproxy.model import KubeObject, LoadLimits, ManifestError
 
 from .reader import ReadRefused, TrustContext, read_manifest
-from .validation import KNOWN_KINDS, validate_document
+from .validation import validate_document
 from .yaml_loader import parse_bytes
 
 StatKey = tuple  # (st_dev, st_ino, st_size, st_mtime_ns)
@@ -65,10 +65,6 @@ def load_file(path: Path, context: TrustContext, limits: LoadLimits) -> LoadResu
     for document, body in parsed.documents:
         obj, problems = validate_document(name, document, body)
         if obj is not None:
-            if obj.kind not in KNOWN_KINDS:
-                # Only counted (ignored kinds): a 1 MiB ConfigMap need not travel or stay.
-                obj = KubeObject(obj.kind, obj.api_version, obj.namespace, obj.name,
-                                 obj.source, {})
             objects.append(obj)
         errors.extend(problems)
     errors.sort(key=_error_order)

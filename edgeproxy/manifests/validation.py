@@ -340,13 +340,12 @@ def validate_document(file: str, document: str, body: dict,
                       ) -> tuple[KubeObject | None, list[ManifestError]]:
     """Classify and validate one document: (object or None, errors).
 
-    Objects of kinds edgeproxy does not use are returned unvalidated (they are only counted).
-    Fields set to null are unset first (`drop_nulls`), as the API server decodes them.
+    Objects of kinds edgeproxy does not use are returned unvalidated and without their body
+    (they are only counted: a 1 MiB ConfigMap need not be walked, travel or stay). Fields of
+    the kinds it uses that are set to null are unset first (`drop_nulls`), as the API server
+    decodes them; kind, apiVersion, namespace and name read the same either way (null and
+    missing both give no value).
     """
-    try:
-        body = drop_nulls(body)
-    except RecursionError:
-        pass  # nested too deeply: the schema check below says so
     kind = body.get("kind")
     api_version = body.get("apiVersion")
     metadata = body.get("metadata")
@@ -374,7 +373,11 @@ def validate_document(file: str, document: str, body: dict,
             return None, [error("kind", f"unknown kind {_yaml(kind)}: kinds are case-sensitive, "
                                         f"did you mean {spelled}?")]
         return KubeObject(kind, api_version, ns_text or DEFAULT_NAMESPACE, name_text or "",
-                          source, body), []
+                          source, {}), []
+    try:
+        body = drop_nulls(body)
+    except RecursionError:
+        pass  # nested too deeply: the schema check below says so
     versions, schema_name = known
     if api_version not in versions:
         return None, [error("apiVersion", f"{kind} must be apiVersion {' or '.join(versions)}, "
