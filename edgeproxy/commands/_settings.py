@@ -17,7 +17,7 @@ import argparse
 import sys
 from typing import Any, Iterable
 
-from edgeproxy.daemon.options import OPTIONS_BY_DEST
+from edgeproxy.daemon.options import OPTIONS_BY_DEST, add_flag
 
 OUTPUT_FORMATS = ("text", "json", "yaml")
 
@@ -29,14 +29,7 @@ def add_config_options(parser: argparse.ArgumentParser, dests: Iterable[str]) ->
                              "given as flags are taken from it")
     for dest in dests:
         option = OPTIONS_BY_DEST[dest]
-        if option.is_bool:
-            parser.add_argument(option.flag, dest=dest, default=None,
-                                action=argparse.BooleanOptionalAction,
-                                help=f"{option.help} [config: {option.key}]")
-            continue
-        parser.add_argument(option.flag, dest=dest, default=None, metavar=option.metavar,
-                            choices=option.choices,
-                            help=f"{option.help} [config: {option.key}]")
+        add_flag(parser, option, f"{option.help} [config: {option.key}]")
     parser.set_defaults(_config_dests=tuple(dests))
 
 
@@ -49,7 +42,7 @@ def resolve(args: argparse.Namespace, command: str) -> dict[str, Any]:
     """The typed values of the command's daemon settings: flag > config file > default.
     Exits with status 2 and a message naming the setting when a value is bad."""
     from edgeproxy.daemon.config import ConfigError, read_config_file
-    from edgeproxy.daemon.options import OptionError
+    from edgeproxy.daemon.options import OptionError, merge_values
 
     dests: tuple[str, ...] = getattr(args, "_config_dests", ())
     try:
@@ -57,22 +50,12 @@ def resolve(args: argparse.Namespace, command: str) -> dict[str, Any]:
     except ConfigError as exc:
         print(f"edgeproxy {command}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    values: dict[str, Any] = {}
-    for dest in dests:
-        option = OPTIONS_BY_DEST[dest]
-        given = getattr(args, dest, None)
-        try:
-            if given is not None:
-                values[dest] = option.parse(given, option.flag)
-            elif option.key in file_values:
-                values[dest] = option.parse(file_values[option.key],
-                                            f"config file {args.config}: {option.key}")
-            else:
-                values[dest] = option.parse(option.default, f"default of {option.flag}")
-        except OptionError as exc:
-            print(f"edgeproxy {command}: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
-    return values
+    try:
+        return merge_values([OPTIONS_BY_DEST[dest] for dest in dests], vars(args), file_values,
+                            args.config)
+    except OptionError as exc:
+        print(f"edgeproxy {command}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def host_port(value: tuple[str, int]) -> str:

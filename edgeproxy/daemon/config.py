@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from edgeproxy.daemon.options import OPTIONS, OptionError
+from edgeproxy.daemon.options import OPTIONS, OptionError, merge_values
 
 CONFIG_SCHEMA = "config.schema.json"
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; refuse surprises
@@ -152,19 +152,11 @@ def build_config(args: argparse.Namespace | Mapping[str, Any]) -> DaemonConfig:
     given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
     config_path = Path(given["config"]) if given.get("config") else None
     file_values: dict[str, Any] = read_config_file(config_path) if config_path else {}
-    values: dict[str, Any] = {}
-    for option in OPTIONS:
-        flag_value = given.get(option.dest)
-        try:
-            if flag_value is not None:
-                values[option.dest] = option.parse(flag_value, option.flag)
-            elif option.key in file_values:
-                values[option.dest] = option.parse(file_values[option.key],
-                                                   f"config file {config_path}: {option.key}")
-            else:
-                values[option.dest] = option.parse(option.default, f"default of {option.flag}")
-        except OptionError as exc:
-            raise ConfigError(str(exc)) from None
+    try:
+        values = merge_values(OPTIONS, given, file_values,
+                              str(config_path) if config_path else None)
+    except OptionError as exc:
+        raise ConfigError(str(exc)) from None
     values["manifests"] = Path(values["manifests"])
     if not values["node_name"]:
         values["node_name"] = default_node_name()

@@ -14,7 +14,7 @@ import argparse
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
 from edgeproxy.daemon.durations import DurationError, parse_duration
 from edgeproxy.model import BACKEND_CHOICES, DEFAULT_UDP_TIMEOUT_SECONDS, FILTER_MODES
@@ -341,21 +341,46 @@ OPTIONS_BY_DEST = {option.dest: option for option in OPTIONS}
 OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
 
 
+def add_flag(parser: argparse.ArgumentParser, option: Option, help_text: str) -> None:
+    """``option`` as a flag of ``parser`` (default None, so merging can tell 'not given'); the
+    one spelling `edgeproxy run` and every subcommand share."""
+    if option.is_bool:
+        parser.add_argument(option.flag, dest=option.dest, default=None,
+                            action=argparse.BooleanOptionalAction, help=help_text)
+    else:
+        parser.add_argument(option.flag, dest=option.dest, default=None,
+                            choices=option.choices, metavar=option.metavar, help=help_text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every option as a flag. Defaults stay None so merging can tell 'not given'."""
     parser.add_argument("--config", metavar="FILE", default=None,
                         help="YAML configuration file (schemas/config.schema.json); flags win "
                              "over it. Must not be inside the manifest directory.")
     for option in OPTIONS:
-        if option.is_bool:
-            parser.add_argument(option.flag, dest=option.dest, default=None,
-                                action=argparse.BooleanOptionalAction, help=option.help)
-        elif option.dest == "verbosity":
+        if option.dest == "verbosity":
             parser.add_argument("-v", dest="verbosity", action="count", default=None,
                                 help="more verbose logs (repeatable)")
             parser.add_argument(option.flag, dest="verbosity", type=int, default=None,
                                 metavar=option.metavar, help=option.help)
         else:
-            parser.add_argument(option.flag, dest=option.dest, default=None,
-                                choices=option.choices, metavar=option.metavar, help=option.help)
+            add_flag(parser, option, option.help)
+
+
+def merge_values(options: Iterable[Option], given: Mapping[str, Any],
+                 file_values: Mapping[str, Any], config_label: str | None) -> dict[str, Any]:
+    """Each option's typed value: flag > config file > default. OptionError names the
+    setting and where the bad value came from (``config_label``: the file as the user named
+    it)."""
+    values: dict[str, Any] = {}
+    for option in options:
+        flag_value = given.get(option.dest)
+        if flag_value is not None:
+            values[option.dest] = option.parse(flag_value, option.flag)
+        elif option.key in file_values:
+            values[option.dest] = option.parse(file_values[option.key],
+                                               f"config file {config_label}: {option.key}")
+        else:
+            values[option.dest] = option.parse(option.default, f"default of {option.flag}")
+    return values
 
