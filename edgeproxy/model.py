@@ -96,6 +96,11 @@ class ManifestError:
         return f"{where}{field_part} {self.message}"
 
 
+def format_host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets (``[fd00::1]:80``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(frozen=True, order=True)
 class Endpoint:
     """One ready backend address of a service port (target port already resolved)."""
@@ -104,7 +109,7 @@ class Endpoint:
     port: int
 
     def __str__(self) -> str:
-        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+        return format_host_port(self.ip, self.port)
 
 
 class TargetRef(NamedTuple):

@@ -58,11 +58,6 @@ def resolve(args: argparse.Namespace, command: str) -> dict[str, Any]:
         raise SystemExit(2) from None
 
 
-def host_port(value: tuple[str, int]) -> str:
-    host, port = value
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def dump(doc: Any, output: str) -> str:
     """``doc`` as JSON or YAML text (for ``-o json`` / ``-o yaml``)."""
     if output == "yaml":

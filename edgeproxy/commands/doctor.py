@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from edgeproxy.commands._settings import host_port, resolve
+    from edgeproxy.commands._settings import resolve
+    from edgeproxy.model import format_host_port
     from edgeproxy.rules.doctor import Doctor
 
     settings = resolve(args, "doctor")
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"edgeproxy doctor: {exc}", file=sys.stderr)
             return 2
     findings = Doctor(settings["iptables_backend"],
-                      healthz=host_port(settings["healthz_bind_address"]),
+                      healthz=format_host_port(*settings["healthz_bind_address"]),
                       services=services).checks()
     for f in findings:
         print(f"{'ok  ' if f.ok else 'FAIL'} {f.what}")

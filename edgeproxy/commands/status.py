@@ -37,9 +37,10 @@ def fetch(address: str, path: str, method: str = "GET", timeout: float = 5.0) ->
 def daemon_address(args: argparse.Namespace, command: str) -> str:
     """Where the daemon's healthz server listens: --healthz-bind-address, else the config
     file's healthzBindAddress, else the default (what `edgeproxy run` would use)."""
-    from edgeproxy.commands._settings import host_port, resolve
+    from edgeproxy.commands._settings import resolve
+    from edgeproxy.model import format_host_port
 
-    return host_port(resolve(args, command)["healthz_bind_address"])
+    return format_host_port(*resolve(args, command)["healthz_bind_address"])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,6 +37,8 @@ from gevent.server import StreamServer
 
 from dnslib import DNSLabel, DNSRecord
 
+from edgeproxy.model import format_host_port
+
 from . import wire
 from .answer import Decision, decide
 from .cache import STALE_TTL, AnswerCache
@@ -339,7 +341,7 @@ class DnsServer:
     def status(self) -> dict:
         zone = self.zone
         return {
-            "listen": [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.addresses],
+            "listen": [format_host_port(h, p) for h, p in self.addresses],
             "domain": self.settings.domain,
             "upstreams": self.upstreams,
             "upstreamsDown": self.forwarder.down,

@@ -53,6 +53,7 @@ from edgeproxy.model import (
     SkipReason,
     SourceRef,
     Verdict,
+    format_host_port,
 )
 
 from .endpoints import endpoints_endpoints, port_endpoints, slice_endpoints, traffic_policy
@@ -227,10 +228,6 @@ def _compute(svc: KubeObject, deps: _Deps) -> _ServiceResult:
     verdict = ServiceVerdict(svc.source, svc.namespace, svc.name, Verdict.PROXY, None, all_keys)
     return _ServiceResult(verdict, tuple(ports), tuple(claims), {sp.key: sp for sp in ports},
                           {c: sp for sp, cs in zip(ports, claims) for c in cs})
-
-
-def _hostport(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def build_state(objects: Iterable[KubeObject],
@@ -462,7 +459,7 @@ class _Build:
                 taken = self.claims[held[0]]
                 vip = held[0].split(" ")[0]
                 self.conflicts.append(Conflict(
-                    f"{_hostport(vip, sp.port)}/{sp.key.protocol.value} claimed by "
+                    f"{format_host_port(vip, sp.port)}/{sp.key.protocol.value} claimed by "
                     f"{taken.key.namespace}/{taken.key.name} and {svc.namespace}/{svc.name}",
                     taken.source, svc.source))  # type: ignore[arg-type]
                 continue
