@@ -243,7 +243,7 @@ class Balancer:
         if self.session_affinity and not reset_affinity:
             pinned = self._affinity.pop(client_ip, None)
             if pinned is not None and now - pinned[1] < self.affinity_timeout and (
-                    health is None or health.usable(pinned[0]) or self._all_ejected()):
+                    health is None or health.usable(pinned[0]) or self.all_ejected()):
                 self._affinity[client_ip] = (pinned[0], now)  # re-insert: most recent last
                 return pinned[0]
         endpoint = self._pick(client_ip, hash_key, attempt, now, avoid)
@@ -254,9 +254,11 @@ class Balancer:
                 self._expire(now)
         return endpoint
 
-    def _all_ejected(self) -> bool:
+    def all_ejected(self) -> bool:
+        """Every endpoint is ejected (panic: picks then ignore health); False with none."""
         health = self.health
-        return health is not None and all(not health.usable(ep) for ep in self._endpoints)
+        return bool(self._endpoints) and health is not None and all(
+            not health.usable(ep) for ep in self._endpoints)
 
     def _pick(self, client_ip: str, hash_key: bytes | None, attempt: int, now: float,
               avoid: Collection[Endpoint] = ()) -> Endpoint:

@@ -493,8 +493,7 @@ class ProxyServer:
         snap.probes_total = health.probes_total
         snap.probe_failures_total = health.probe_failures_total
         snap.endpoints_ejected = len(health.ejected)
-        endpoints = service.balancer.endpoints
-        snap.panic = int(bool(endpoints) and not any(health.usable(ep) for ep in endpoints))
+        snap.panic = int(service.balancer.all_ejected())
         return snap
 
     def endpoint_reports(self) -> dict[ServicePortKey, PortEndpointsReport]:
@@ -510,7 +509,7 @@ class ProxyServer:
                 chosen.categorized.topology_mode, chosen.main.policy, chosen.main.refused,
                 chosen.second.policy if chosen.second else None,
                 chosen.second.refused if chosen.second else False,
-                panic=bool(self._snapshot(service).panic))
+                panic=service.balancer.all_ejected())
             for info in sp.infos:
                 view = service.health.view(info.address, now)
                 entry = EndpointReport(locality(info, self.node), info.address in used,
