@@ -25,7 +25,7 @@ import gevent.event
 from gevent import socket as gsocket
 
 from edgeproxy.forwarding.budget import SocketBudget
-from edgeproxy.forwarding.health import EndpointHealth
+from edgeproxy.forwarding.health import EndpointHealth, error_text
 from edgeproxy.forwarding.tcp import reset_close
 from edgeproxy.model import Endpoint
 
@@ -110,7 +110,7 @@ class HealthMonitor:
         except (TimeoutError, gsocket.timeout):
             error = os.strerror(errno.ETIMEDOUT)
         except OSError as exc:
-            error = os.strerror(exc.errno) if exc.errno else str(exc)
+            error = error_text(exc)
         finally:
             if sock is not None:
                 reset_close(sock)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import _socket
 import errno
 import logging
-import os
 import time
 from collections import OrderedDict
 
@@ -32,7 +31,7 @@ import gevent
 
 from edgeproxy.forwarding.balancer import Balancer, NoEndpointsError
 from edgeproxy.forwarding.budget import SocketBudget
-from edgeproxy.forwarding.health import EndpointHealth
+from edgeproxy.forwarding.health import EndpointHealth, error_text
 from edgeproxy.forwarding.listeners import Listeners
 from edgeproxy.forwarding.stats import ServiceStats
 from edgeproxy.model import DEFAULT_UDP_TIMEOUT_SECONDS, Endpoint
@@ -189,7 +188,7 @@ class UdpService:
         self.stats.dial_failures_total += 1
         if session.endpoint is not None and exc.errno in _ICMP_ERRORS:
             self.health.dial_failed(session.endpoint, time.monotonic(),
-                                    os.strerror(exc.errno) if exc.errno else str(exc))
+                                    error_text(exc))
         self._close(session)
 
     def endpoint_ejected(self, ep: Endpoint) -> int:
@@ -230,7 +229,7 @@ class UdpService:
             self.budget.give(1)
             self.stats.dial_failures_total += 1
             self.health.dial_failed(ep, time.monotonic(),
-                                    os.strerror(exc.errno) if exc.errno else str(exc))
+                                    error_text(exc))
             log.info("%s: cannot reach %s: %s", self.name, ep, exc)
             return None
         session = Session(self, addr, lsock, sock, ep, key)
