@@ -79,11 +79,11 @@ class HealthSettings:
         return self.probe_interval > 0 and self.consecutive_failures > 0
 
 
-
 def error_text(exc: OSError) -> str:
     """What an endpoint's failure is recorded as: the errno's text (``Connection refused``),
     else the exception's own words."""
     return os.strerror(exc.errno) if exc.errno else str(exc)
+
 
 class _State:
     __slots__ = ("state", "failures", "level", "until", "probe_ok", "probing",
