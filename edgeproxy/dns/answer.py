@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 from .records import A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT, VERSION_TTL, Zone
 
-NOERROR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 2, 3, 4, 5
+# Response codes (RFC 1035 4.1.1), the one definition the wire format and the cache import.
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 AXFR, IXFR, ANY = 252, 251, 255
 CLASS_IN, CLASS_ANY = 1, 255
 REVERSE_ZONES = ("in-addr.arpa", "ip6.arpa")

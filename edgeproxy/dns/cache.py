@@ -19,11 +19,12 @@ from typing import Hashable
 
 from dnslib import DNSRecord
 
+from .answer import NOERROR, NXDOMAIN
+from .records import SOA
+
 MAX_POSITIVE_TTL = 3600
 MAX_NEGATIVE_TTL = 1800
 STALE_TTL = 30  # RFC 8767 section 4's recommendation for the TTL of a stale answer
-NOERROR, NXDOMAIN = 0, 3
-SOA = 6
 
 
 @dataclass

@@ -40,7 +40,7 @@ from dnslib import DNSLabel, DNSRecord
 from edgeproxy.model import format_host_port
 
 from . import wire
-from .answer import Decision, decide
+from .answer import FORMERR, NOTIMP, SERVFAIL, Decision, decide
 from .cache import STALE_TTL, AnswerCache
 from .records import DEFAULT_TTL, Zone
 from .upstream import RESOLV_CONF, Forwarder, choose_upstreams, new_query_id
@@ -214,15 +214,15 @@ class DnsServer:
             query = DNSRecord.parse(data)
         except Exception:  # noqa: BLE001 - whatever the network sends
             self.stats.queries[("other", "formerr")] += 1
-            return wire.header_error(data, wire.FORMERR)
+            return wire.header_error(data, FORMERR)
         if query.header.qr:
             return None
         if query.header.opcode != 0:
             self.stats.queries[("other", "notimp")] += 1
-            return wire.error(query, wire.NOTIMP, tcp)
+            return wire.error(query, NOTIMP, tcp)
         if len(query.questions) != 1:
             self.stats.queries[("other", "formerr")] += 1
-            return wire.error(query, wire.FORMERR, tcp)
+            return wire.error(query, FORMERR, tcp)
         opt = wire.edns_of(query)
         if opt is not None and (opt.ttl >> 16) & 0xFF:
             self.stats.queries[("other", "badvers")] += 1
@@ -237,7 +237,7 @@ class DnsServer:
             if self._pool.full():
                 self.stats.busy_total += 1
                 self.stats.queries[(labels[0], "servfail")] += 1
-                return wire.error(query, wire.SERVFAIL, tcp)
+                return wire.error(query, SERVFAIL, tcp)
             self._pool.spawn(lambda: later(self._forward(query, qname, decision, key, tcp)))
             return None
         reply = wire.encode(query, decision, tcp)
@@ -294,7 +294,7 @@ class DnsServer:
         found, age, how = self._resolve(q.qname, qname, q.qtype, q.qclass, do, cd)
         self.stats.queries[(label, how)] += 1
         if found is None:
-            return wire.error(query, wire.SERVFAIL, tcp)
+            return wire.error(query, SERVFAIL, tcp)
         message = getattr(found, "message", found)
         if how == "stale":
             reply = wire.relay(query, message, 0, tcp, ttl=STALE_TTL)

@@ -34,7 +34,7 @@ MAX_UDP_PAYLOAD = 1232  # what we advertise and the most we send over UDP
 PLAIN_UDP_LIMIT = 512  # RFC 1035, a client without EDNS0
 TCP_LIMIT = 65535
 OPT = 41
-FORMERR, SERVFAIL, NOTIMP, REFUSED, BADVERS = 1, 2, 4, 5, 16
+BADVERS = 16  # EDNS's extended RCODE (RFC 6891)
 
 
 class Key(NamedTuple):
