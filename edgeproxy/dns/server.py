@@ -43,7 +43,7 @@ from . import wire
 from .answer import FORMERR, NOTIMP, SERVFAIL, Decision, decide
 from .cache import STALE_TTL, AnswerCache
 from .records import DEFAULT_TTL, Zone
-from .upstream import RESOLV_CONF, Forwarder, choose_upstreams, new_query_id
+from .upstream import RESOLV_CONF, Forwarder, choose_upstreams, new_query_id, read_exactly
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +177,6 @@ class DnsServer:
 
     def _on_datagram(self, sock: _socket.socket) -> None:
         recv, send = sock.recvfrom, sock.sendto
-        templates = self._templates
-        counts = self.stats.queries
         for _ in range(RECV_BATCH):
             try:
                 data, client = recv(65535)
@@ -191,10 +189,9 @@ class DnsServer:
                 return
             key = wire.question_key(data, False)
             if key is not None:
-                found = templates.get(key.key)
-                if found is not None and (found[1] is None or found[1] > self.clock()):
-                    counts[found[2]] += 1
-                    _send(send, wire.patch(found[0], data, key.qend), client)
+                reply = self._from_template(key, data)
+                if reply is not None:
+                    _send(send, reply, client)
                     continue
             try:
                 answer = self._answer(data, key, False,
@@ -204,7 +201,6 @@ class DnsServer:
                 continue
             if answer is not None:
                 _send(send, answer, client)
-            templates = self._templates  # update() may have swapped it meanwhile
 
     def _answer(self, data: bytes, key: wire.Key | None, tcp: bool,
                 later: Callable[[bytes], None]) -> bytes | None:
@@ -310,23 +306,26 @@ class DnsServer:
         self._note(reply, tcp)
         return reply
 
+    def _from_template(self, key: wire.Key, data: bytes) -> bytes | None:
+        """The answer from a still-valid template for this question (counted), else None."""
+        found = self._templates.get(key.key)
+        if found is None or (found[1] is not None and found[1] <= self.clock()):
+            return None
+        self.stats.queries[found[2]] += 1
+        return wire.patch(found[0], data, key.qend)
+
     def _serve_tcp(self, conn, client) -> None:
         self.stats.tcp_connections_total += 1
         conn.settimeout(TCP_IDLE)
         try:
             for _ in range(TCP_MAX_QUERIES):
-                head = _recv_exactly(conn, 2)
-                if head is None:
-                    return
-                data = _recv_exactly(conn, int.from_bytes(head, "big"))
-                if data is None:
+                try:
+                    data = read_exactly(conn, int.from_bytes(read_exactly(conn, 2), "big"))
+                except EOFError:
                     return
                 key = wire.question_key(data, True)
-                found = self._templates.get(key.key) if key is not None else None
-                if found is not None and (found[1] is None or found[1] > self.clock()):
-                    self.stats.queries[found[2]] += 1
-                    reply = wire.patch(found[0], data, key.qend)
-                else:
+                reply = self._from_template(key, data) if key is not None else None
+                if reply is None:
                     reply = self._answer(data, key, True, lambda r: None)
                 if reply is None:
                     continue
@@ -358,16 +357,6 @@ def _send(send, reply: bytes, client) -> None:
         send(reply, client)
     except OSError as exc:  # a full socket buffer or an unreachable client: its loss
         log.debug("DNS answer to %s not sent: %s", client, exc)
-
-
-def _recv_exactly(conn, count: int) -> bytes | None:
-    data = b""
-    while len(data) < count:
-        chunk = conn.recv(count - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
 
 
 def _bind(family: int, kind: int, host: str, port: int) -> _socket.socket:

@@ -185,8 +185,8 @@ class Forwarder:
             sock.settimeout(timeout)
             sock.connect(upstream)
             sock.sendall(len(wire).to_bytes(2, "big") + wire)
-            length = int.from_bytes(_read(sock, 2), "big")
-            answer = DNSRecord.parse(_read(sock, length))
+            length = int.from_bytes(read_exactly(sock, 2), "big")
+            answer = DNSRecord.parse(read_exactly(sock, length))
             return answer if _same_question(query, answer) else None
         except (OSError, _stdsocket.timeout, EOFError) as exc:
             self._error(upstream, f"tcp: {exc or type(exc).__name__}")
@@ -198,7 +198,8 @@ class Forwarder:
             sock.close()
 
 
-def _read(sock, count: int) -> bytes:
+def read_exactly(sock, count: int) -> bytes:
+    """``count`` bytes from a stream socket; EOFError when the peer closes first."""
     data = b""
     while len(data) < count:
         chunk = sock.recv(count - len(data))
