@@ -52,14 +52,13 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report["valid"] else 1
 
 
-def build_report(objects, state, allocation=None) -> dict:
+def build_report(objects, state, allocation) -> dict:
     """The `-o json` object (see docs/manifests.md for the shape). ``allocation``: the
     cluster IPs `--service-cidr` gave (state/allocation.py)."""
     from edgeproxy.state.endpoints import traffic_policy
     from edgeproxy.state.filtering import service_vips
 
-    allocated = allocation.addresses if allocation is not None else {}
-    unallocated = allocation.unallocated if allocation is not None else {}
+    allocated, unallocated = allocation.addresses, allocation.unallocated
 
     bodies = {(o.source.file, o.source.document): o.body for o in objects if o.kind == "Service"}
     # Each Service's proxied ports, looked up by (source, port name, protocol): a scan of
@@ -101,7 +100,7 @@ def build_report(objects, state, allocation=None) -> dict:
             "name": verdict.name,
             "verdict": verdict.verdict.value,
             "reason": verdict.reason.value if verdict.reason else None,
-            "trafficPolicy": {k: v for k, v in traffic_policy(body).to_dict().items()},
+            "trafficPolicy": traffic_policy(body).to_dict(),
             "ports": ports,
             "allocatedClusterIPs": list(allocated.get((verdict.namespace, verdict.name), ())),
             **({"unallocated": unallocated[(verdict.namespace, verdict.name)]}
