@@ -44,6 +44,15 @@ class InstanceLock:
             self.fd = -1
 
 
+def _holder_pid(fd: int) -> int | None:
+    """The PID the lock's holder wrote into the file, None when unreadable."""
+    try:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    except OSError:
+        return None
+    return int(holder) if holder.isdigit() else None
+
+
 def acquire(state_dir: Path) -> InstanceLock:
     """Take the node's lock or raise AlreadyRunning (OSError when the dir is unusable)."""
     state_dir = Path(state_dir)
@@ -53,13 +62,10 @@ def acquire(state_dir: Path) -> InstanceLock:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
-        try:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        except OSError:
-            holder = ""
+        holder = _holder_pid(fd)
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise AlreadyRunning(path, int(holder) if holder.isdigit() else None) from None
+            raise AlreadyRunning(path, holder) from None
         raise
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -79,8 +85,7 @@ def running_instance(state_dir: Path) -> int | None:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-                return int(holder) if holder.isdigit() else 0
+                return _holder_pid(fd) or 0
             return None
         return None
     finally:
