@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import yaml
-
-from edgeproxy.manifests.validation import validate_document
+from tests.support.manifests import objects as manifest_objects
 
 MANIFESTS = """
 apiVersion: v1
@@ -125,9 +123,4 @@ spec:
 
 
 def objects(text: str = MANIFESTS) -> list:
-    out = []
-    for i, body in enumerate(d for d in yaml.safe_load_all(text) if d):
-        obj, errors = validate_document("zone.yaml", str(i), body)
-        assert errors == [], errors
-        out.append(obj)
-    return out
+    return manifest_objects(text, "zone.yaml")

@@ -5,10 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import yaml
-
 from edgeproxy.manifests import load_objects
-from edgeproxy.manifests.validation import validate_document
 from edgeproxy.model import (
     Endpoint,
     FilterMode,
@@ -19,15 +16,9 @@ from edgeproxy.model import (
     Verdict,
 )
 from edgeproxy.state import BuildCache, build_state
+from tests.support.manifests import objects
 
 
-def objects(text: str, file: str = "f.yaml") -> list:
-    out = []
-    for i, body in enumerate(d for d in yaml.safe_load_all(text) if d):
-        obj, errors = validate_document(file, str(i), body)
-        assert errors == [], errors
-        out.append(obj)
-    return out
 
 
 SVC = """

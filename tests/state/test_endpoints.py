@@ -6,7 +6,7 @@ from edgeproxy.model import (Endpoint, EndpointInfo, Protocol, ServicePortKey, T
                              TrafficPolicy)
 from edgeproxy.state import build_state
 from edgeproxy.state.endpoints import derive_hints, traffic_policy
-from tests.state.test_builder import objects
+from tests.support.manifests import objects
 
 SVC = """
 apiVersion: v1
