@@ -52,6 +52,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +62,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from edgeproxy.demo import topology  # noqa: E402
 from edgeproxy.demo.netns import netns_unavailable_reason  # noqa: E402
 from forwarding import (BenchError, Procs, launch_edgeproxy_driver, launch_haproxy,  # noqa: E402
-                        wait_line)
+                        wait_line, wait_listening)
 
 VARIANTS = ("edgeproxy", "haproxy", "dnat")
 VIPS = {"edgeproxy": "198.19.0.41", "haproxy": "198.19.0.42", "dnat": "198.19.0.43"}
@@ -159,16 +160,9 @@ class OutageBench:
         try:
             launch_haproxy(self.procs, self.node, self.tmp / "haproxy.cfg",
                            self.haproxy_config(), self.args.verbose)
+            wait_listening(self.node, topology.NODE_POD_SIDE, HAPROXY_PORT, "haproxy")
         except BenchError as exc:
             self.failed["haproxy"] = str(exc)
-            return
-        deadline = time.monotonic() + 10
-        while not self.node.run(["ss", "-Hltn", "src", f"{topology.NODE_POD_SIDE}:{HAPROXY_PORT}"],
-                                check=False).stdout.strip():
-            if time.monotonic() > deadline:
-                self.failed["haproxy"] = "haproxy did not listen within 10 s"
-                return
-            time.sleep(0.1)
 
     def start_edgeproxy(self) -> None:
         spec = {"state_dir": str(self.tmp / "edgeproxy-state"),
@@ -221,12 +215,12 @@ class OutageBench:
                 "p50_ms": percentile(ok, 50), "p99_ms": percentile(ok, 99),
                 "max_ms": max(ok) if ok else None,
                 "slow": sum(1 for v in ok if v > SLOW_MS),
-                "errors": dict(sorted(_count(r[2] for r in chosen if r[1] is None).items())),
+                "errors": dict(sorted(Counter(r[2] for r in chosen if r[1] is None).items())),
             }
         back = [r[0] + r[1] - restored for r in results
                 if r[1] is not None and r[2] == NAMES[DOOMED] and r[0] + r[1] >= restored]
         out["back_in_service_s"] = min(back) if back else None
-        out["served_by"] = dict(_count(r[2] for r in results if r[1] is not None))
+        out["served_by"] = dict(Counter(r[2] for r in results if r[1] is not None))
         return out
 
     # -- report --------------------------------------------------------------------------------
@@ -295,13 +289,6 @@ class OutageBench:
             shutil.rmtree(self.tmp, ignore_errors=True)
         else:
             print(f"logs kept in {self.tmp}", file=sys.stderr)
-
-
-def _count(items) -> dict:
-    out: dict = {}
-    for item in items:
-        out[item] = out.get(item, 0) + 1
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

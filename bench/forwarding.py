@@ -193,6 +193,15 @@ def launch_edgeproxy_driver(procs: Procs, ns: NetNS, spec: dict, spec_path: Path
         raise BenchError(f"edgeproxy driver: unreadable answer: {exc}") from None
 
 
+def wait_listening(ns: NetNS, host: str, port: int, what: str, timeout: float = 10) -> None:
+    """Until something in ``ns`` listens on TCP ``host:port``; BenchError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ns.run(["ss", "-Hltn", "src", f"{host}:{port}"], check=False).stdout.strip():
+            return
+        time.sleep(0.1)
+    raise BenchError(f"{what} not listening on {host}:{port} after {timeout:.0f} s")
+
 def wait_line(popen: subprocess.Popen, what: str, timeout: float) -> str:
     """The first stdout line of a helper (its readiness / result protocol), bounded in time."""
     import selectors
@@ -321,7 +330,7 @@ class Bench:
                                          [py, helper, "http", BACKEND_IP, str(port), "2"])
                 wait_line(popen, "backend http", 15)
             self.info["http_backend"] = "python epoll responder (2 SO_REUSEPORT workers)"
-        self.wait_tcp(self.backend, BACKEND_IP, 8080, "HTTP backend")
+        wait_listening(self.backend, BACKEND_IP, 8080, "HTTP backend")
 
     def start_iperf_server(self) -> None:
         if self.iperf_server is not None:
@@ -330,16 +339,7 @@ class Bench:
             "iperf3 server", self.backend,
             ["iperf3", "-s", "-B", BACKEND_IP, "-p", "5201", "--idle-timeout", "30"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.wait_tcp(self.backend, BACKEND_IP, 5201, "iperf3 server")
-
-    def wait_tcp(self, ns: NetNS, host: str, port: int, what: str, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            listening = ns.run(["ss", "-Hltn", "src", f"{host}:{port}"], check=False).stdout
-            if listening.strip():
-                return
-            time.sleep(0.1)
-        raise BenchError(f"{what} not listening on {host}:{port} after {timeout:.0f} s")
+        wait_listening(self.backend, BACKEND_IP, 5201, "iperf3 server")
 
     def install_dnat(self) -> None:
         """kube-proxy iptables mode's chain shape (services -> svc -> sep -> DNAT), plus the
@@ -400,7 +400,7 @@ class Bench:
         try:
             popen = launch_haproxy(self.procs, self.node, self.tmp / "haproxy-variant.cfg",
                                    self.haproxy_config(), self.args.verbose, "haproxy variant")
-            self.wait_tcp(self.node, NODE_POD_IP, 10080, "haproxy variant")
+            wait_listening(self.node, NODE_POD_IP, 10080, "haproxy variant")
         except BenchError as exc:
             self.failed["haproxy"] = str(exc)
             return
