@@ -27,7 +27,6 @@ import argparse
 import os
 import re
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -37,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgeproxy.demo.daemon import Daemon, make_workdir  # noqa: E402
 from edgeproxy.demo.topology import (DNS_BACKEND, DNS_PORT, NODE_POD_SIDE,  # noqa: E402
-                                     UPSTREAM_RECORD, Topology)
+                                     UPSTREAM_RECORD, Topology, start_dnsmasq)
 
 EDGEPROXY_DNS = "169.254.96.53"
 DNSMASQ = NODE_POD_SIDE  # the comparison dnsmasq listens on the node's pod-side address
@@ -122,13 +121,10 @@ def main() -> int:
         try:
             took = daemon.wait_ready(timeout=600)
             print(f"edgeproxy ready with {args.services} services after {took:.1f} s")
-            dnsmasq = topo.node.popen(
-                ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
-                 "--no-hosts", f"--addn-hosts={hosts}", "--bind-interfaces",
-                 f"--listen-address={DNSMASQ}", f"--server={DNS_BACKEND}#{DNS_PORT}",
-                 "--local-ttl=5", "--cache-size=10000", "--pid-file=", "--user=root",
-                 "--log-facility=/dev/null"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            time.sleep(1.0)
+            dnsmasq = start_dnsmasq(topo.node, DNSMASQ, 53,
+                                    [f"--addn-hosts={hosts}", f"--server={DNS_BACKEND}#{DNS_PORT}",
+                                     "--local-ttl=5", "--cache-size=10000"],
+                                    log_facility="/dev/null")
             results: dict[tuple[str, str], dict] = {}
             for _ in range(args.repeat):
                 for what, queries in (("cluster", cluster_q), ("forwarded", forward_q)):

@@ -50,8 +50,30 @@ ECHO_VIP = "198.19.0.20"
 METRICS_VIP = "198.19.0.30"  # labelled: left to (stand-in) kube-proxy
 DNS_VIP = "198.19.0.53"
 
+
 class TopologyError(RuntimeError):
     """Something in the namespaces did not come up; the message says what and how it failed."""
+
+
+def start_dnsmasq(ns: NetNS, listen: str, port: int, options: list[str],
+                  log_facility: str = "-", timeout: float = 5.0) -> subprocess.Popen:
+    """dnsmasq in ``ns`` answering on ``listen``:``port`` from ``options`` alone (no config
+    file, resolv.conf or /etc/hosts), in the foreground; returns once its port is bound.
+    TopologyError (with its stderr) when it exits or does not bind within ``timeout``."""
+    proc = ns.popen(["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
+                     "--no-hosts", "--bind-interfaces", f"--listen-address={listen}",
+                     f"--port={port}", "--pid-file=", "--user=root",
+                     f"--log-facility={log_facility}", *options],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise TopologyError(f"dnsmasq exited: {proc.stderr.read() if proc.stderr else ''}")
+        if ns.run(["ss", "-Hlun", f"src {listen}:{port}"], check=False).stdout.strip():
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise TopologyError(f"dnsmasq did not bind {listen}:{port} within {timeout:.0f} s")
 
 
 @dataclass
@@ -108,24 +130,10 @@ class Topology:
         if shutil.which("dnsmasq") is None:
             raise TopologyError("dnsmasq is not installed; run ./scripts/bootstrap")
         name, addr = DNS_RECORD
-        proc = self.backends.popen(
-            ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
-             "--no-hosts", "--bind-interfaces", f"--listen-address={DNS_BACKEND}",
-             f"--port={DNS_PORT}", f"--host-record={name},{addr}",
-             "--host-record={},{}".format(*UPSTREAM_RECORD), "--local-ttl=60", "--pid-file=",
-             "--user=root", "--log-facility=-"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.processes.append(proc)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise TopologyError(f"dnsmasq exited: {proc.stderr.read() if proc.stderr else ''}")
-            probe = self.backends.run(["ss", "-Hlun", f"src {DNS_BACKEND}:{DNS_PORT}"],
-                                      check=False)
-            if probe.stdout.strip():
-                return
-            time.sleep(0.05)
-        raise TopologyError("dnsmasq did not bind its port within 5 s")
+        self.processes.append(start_dnsmasq(
+            self.backends, DNS_BACKEND, DNS_PORT,
+            [f"--host-record={name},{addr}", "--host-record={},{}".format(*UPSTREAM_RECORD),
+             "--local-ttl=60"]))
 
     def stop(self) -> None:
         for proc in self.processes:

@@ -12,11 +12,11 @@ import contextlib
 import shutil
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from edgeproxy.demo.topology import start_dnsmasq
 
 SERVER = "198.18.5.53"
 UPSTREAM = "198.18.6.2"
@@ -98,17 +98,8 @@ class _Env:
     def start_upstream(self, ttl: int = 300) -> None:
         records = [f"--host-record={n},{ip}" for n, ip in UPSTREAM_RECORDS.items()]
         records += [f"--host-record={BIG_NAME},192.0.2.{i}" for i in range(1, 121)]
-        self.dnsmasq = self.upstream.popen(
-            ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
-             "--no-hosts", "--bind-interfaces", f"--listen-address={UPSTREAM}",
-             f"--local-ttl={ttl}", "--pid-file=", "--user=root", "--log-facility=-",
-             *records], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if self.upstream.run(["ss", "-Hlun", f"src {UPSTREAM}:53"], check=False).stdout:
-                return
-            time.sleep(0.05)
-        raise RuntimeError("dnsmasq did not start")
+        self.dnsmasq = start_dnsmasq(self.upstream, UPSTREAM, 53,
+                                     [f"--local-ttl={ttl}", *records])
 
     def cut_upstream(self) -> None:
         """The uplink goes away: datagrams to the upstream vanish (timeouts, no ICMP)."""
