@@ -8,11 +8,9 @@ The test thread stays outside the hub, so dig (a subprocess) and dnspython block
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -93,7 +91,6 @@ class _Env:
         self.node, self.upstream = node, upstream
         self.threads: list[ServerThread] = []
         self.dnsmasq: subprocess.Popen | None = None
-        self.resolv_dirs: list[Path] = []
 
     def start_upstream(self, ttl: int = 300) -> None:
         records = [f"--host-record={n},{ip}" for n, ip in UPSTREAM_RECORDS.items()]
@@ -123,19 +120,9 @@ class _Env:
                                check=False, timeout=timeout)
         return result.stdout
 
-    def resolv_conf(self, text: str) -> None:
-        """/etc/netns/<node>/resolv.conf: what `ip netns exec` shows as /etc/resolv.conf."""
-        path = Path("/etc/netns") / self.node.name
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "resolv.conf").write_text(text)
-        self.resolv_dirs.append(path)
-
     def close(self) -> None:
         for thread in self.threads:
             thread.stop()
         if self.dnsmasq is not None:
             self.dnsmasq.kill()
             self.dnsmasq.wait(5)
-        for path in self.resolv_dirs:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(path)

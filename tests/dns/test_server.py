@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 
 import dns.flags
@@ -17,6 +18,7 @@ import dns.rcode
 import dns.resolver
 import pytest
 
+from edgeproxy.demo.clients import run_with_resolv_conf
 from edgeproxy.dns.records import build_zone
 from tests.dns.conftest import BIG_NAME, SERVER
 from tests.dns.zone_fixture import objects
@@ -96,15 +98,14 @@ def test_python_resolvers_dnspython_and_getaddrinfo_with_the_pod_search_path(dns
         ptr = resolver.resolve_address("198.19.0.10")
         assert ptr[0].target.to_text() == f"web.default.svc.{Z}."
     # What a pod's C library does: resolv.conf with the kubelet's search path and ndots:5.
-    dns_env.resolv_conf(f"nameserver {SERVER}\nsearch default.svc.{Z} svc.{Z} {Z}\n"
-                        "options ndots:5 timeout:1 attempts:1\n")
+    resolv_conf = (f"nameserver {SERVER}\nsearch default.svc.{Z} svc.{Z} {Z}\n"
+                   "options ndots:5 timeout:1 attempts:1\n")
     script = ("import json, socket; print(json.dumps([sorted({a[4][0] for a in "
               "socket.getaddrinfo(n, 80, proto=socket.IPPROTO_TCP)}) for n in "
               "['web', 'db.shop', 'legacy.default.svc']]))")
-    import sys
-
-    out = dns_env.node.run([sys.executable, "-c", script]).stdout
-    assert json.loads(out) == [["198.19.0.10", "fd00:19::10"], ["198.18.1.21", "198.18.1.22"],
+    result = run_with_resolv_conf(dns_env.node, resolv_conf, [sys.executable, "-c", script])
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [["198.19.0.10", "fd00:19::10"], ["198.18.1.21", "198.18.1.22"],
                                ["198.19.0.20"]]
 
 
