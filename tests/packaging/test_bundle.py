@@ -103,9 +103,8 @@ def head_commit() -> str:
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    return unpack(build_bundle(HOST_ARCH, HERE_PYTHON, out), tmp_path_factory.mktemp("bundle"))
+def bundle(tmp_path_factory, built_bundle) -> Path:
+    return unpack(built_bundle(HOST_ARCH, HERE_PYTHON), tmp_path_factory.mktemp("bundle"))
 
 
 def test_bundle_contents_and_metadata(bundle):

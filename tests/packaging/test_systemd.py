@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.packaging.test_bundle import REPO, build_bundle, unpack
+from tests.packaging.test_bundle import REPO, unpack
 from tests.support import machine as machine_module
 from tests.support.wait import wait_for
 
@@ -47,12 +47,11 @@ GET = ("import sys, urllib.request\n"
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory):
+def node(tmp_path_factory, built_bundle):
     reason = machine_module.unavailable_reason()
     if reason:
         pytest.skip(reason)
-    bundle = unpack(build_bundle(platform.machine(), CONTAINER_PYTHON,
-                                 tmp_path_factory.mktemp("dist")),
+    bundle = unpack(built_bundle(platform.machine(), CONTAINER_PYTHON),
                     tmp_path_factory.mktemp("bundle"))
     m = machine_module.Machine(tmp_path_factory.mktemp("machine"))
     m.boot()
