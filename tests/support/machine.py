@@ -91,6 +91,15 @@ class Machine:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def boot(self, timeout: float = 60.0) -> "Machine":
+        """Copy the base root and boot systemd in it; on any failure everything started or
+        copied so far is removed again (callers only shut down a machine that booted)."""
+        try:
+            return self._boot(timeout)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _boot(self, timeout: float) -> "Machine":
         subprocess.run(["cp", "-a", "--reflink=auto", str(base_root()), str(self.root)],
                        check=True)
         for hierarchy in cgroup_hierarchies():
