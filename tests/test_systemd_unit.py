@@ -130,6 +130,18 @@ def test_systemd_analyze_verify_accepts_the_unit(unit, tmp_path):
     assert result.returncode == 0 and not complaints, result.stdout + result.stderr
 
 
+
+def test_unit_security_score():
+    """systemd-analyze's exposure score for the shipped unit (lower is better)."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze not installed (apt package systemd)")
+    result = subprocess.run([tool, "security", "--offline=true", "--no-pager", str(UNIT)],
+                            capture_output=True, text=True, timeout=60)
+    line = [ln for ln in result.stdout.splitlines() if "Overall exposure level" in ln][-1]
+    score = float(line.split(":")[1].split()[0])
+    assert score <= 3.0, result.stdout
+
 def _config_path_arg(argv: list[str]) -> int | None:
     for i, arg in enumerate(argv):
         if arg == "--config":
