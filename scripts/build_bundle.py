@@ -33,7 +33,7 @@ from pathlib import Path
 
 from packaging.markers import Marker
 from packaging.tags import Tag
-from packaging.utils import parse_wheel_filename
+from packaging.utils import canonicalize_name, parse_wheel_filename
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHES = ("x86_64", "aarch64")
@@ -124,11 +124,11 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def pip(*args: str) -> None:
+def pip(*args: str, **extra_env: str) -> None:
     # No pip configuration of the build machine (PIP_CONFIG_FILE=/dev/null skips every config
     # file, --isolated the PIP_* variables): its find-links or constraints must not decide
     # what ends up on every node. The hashes would refuse a foreign file anyway.
-    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull}
+    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, **extra_env}
     subprocess.run([sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check",
                     *args], check=True, env=env)
 
@@ -165,10 +165,8 @@ def build_wheel(into: Path, allow_dirty: bool) -> Path:
         commit = export_tree(source, allow_dirty)
         # An explicit EDGEPROXY_BUILD_COMMIT wins (a release pipeline naming its own source).
         commit = os.environ.get("EDGEPROXY_BUILD_COMMIT") or commit
-        env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "EDGEPROXY_BUILD_COMMIT": commit}
-        subprocess.run([sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check",
-                        "wheel", "-q", "--no-deps", "--no-build-isolation", "--wheel-dir",
-                        str(into), str(source)], check=True, env=env)
+        pip("wheel", "-q", "--no-deps", "--no-build-isolation", "--wheel-dir", str(into),
+            str(source), EDGEPROXY_BUILD_COMMIT=commit)
     wheels = list(into.glob("edgeproxy-*.whl"))
     if len(wheels) != 1:
         raise SystemExit(f"build-bundle: expected one edgeproxy wheel, found {wheels}")
@@ -217,7 +215,7 @@ def build(arch: str, python: str, out: Path, allow_dirty: bool = False) -> Path:
         for wheel in sorted(wheels.glob("*.whl")):
             check_wheel(wheel, python, arch)
         fetched = {parse_wheel_filename(w.name)[0] for w in wheels.glob("*.whl")}
-        missing = {e.name.replace("_", "-").lower() for e in deps + pip_entry} - fetched
+        missing = {canonicalize_name(e.name) for e in deps + pip_entry} - fetched
         if missing:
             raise SystemExit(f"build-bundle: no wheel fetched for {sorted(missing)}")
         own_entry = Requirement("edgeproxy", __version__, None, (f"sha256:{sha256(own)}",))
