@@ -175,12 +175,15 @@ class EndpointHealth:
             return True
         if st.state == EJECTED:
             return False
-        return not st.inflight or not self.slow(ep, now)
+        return not st.inflight or not self._slow(st, now)
 
     def slow(self, ep: Endpoint, now: float) -> bool:
         st = self._states.get(ep)
-        if st is None or not st.inflight:
-            return False
+        return st is not None and bool(st.inflight) and self._slow(st, now)
+
+    def _slow(self, st: _State, now: float) -> bool:
+        """A dial to this endpoint has been in flight longer than its connects usually take
+        (``st.inflight`` non-zero)."""
         age = now - st.inflight_since
         if age > STALE_DIAL:
             st.inflight = 0  # a lost report; see STALE_DIAL
@@ -342,4 +345,4 @@ class EndpointHealth:
             return None
         return EndpointHealthView(st.state, st.failures, st.level,
                                   st.until if st.state == EJECTED else None, st.last_error,
-                                  self.slow(ep, now), st.srtt)
+                                  bool(st.inflight) and self._slow(st, now), st.srtt)
