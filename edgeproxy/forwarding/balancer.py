@@ -37,7 +37,6 @@ clock would expire (or eternalise) every affinity at once.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import hashlib
 import random
 import time
@@ -137,7 +136,9 @@ class Balancer:
         self._clock = clock
         self._rng = rng or random.Random()
         self._max_affinity = max_affinity_entries
-        self.health = health
+        # Without a tracker of its own (tests, a bare balancer) nothing is known about any
+        # endpoint: every one is usable and fine, and the general pick path applies unchanged.
+        self.health = health if health is not None else EndpointHealth(probes=False)
         self._tiers: list[list[Endpoint]] = []  # each shuffled
         self._index: list[int] = []  # round-robin position per tier
         self._rings: list[HashRing] | None = None
@@ -243,7 +244,7 @@ class Balancer:
         if self.session_affinity and not reset_affinity:
             pinned = self._affinity.pop(client_ip, None)
             if pinned is not None and now - pinned[1] < self.affinity_timeout and (
-                    health is None or health.usable(pinned[0]) or self.all_ejected()):
+                    health.usable(pinned[0]) or self.all_ejected()):
                 self._affinity[client_ip] = (pinned[0], now)  # re-insert: most recent last
                 return pinned[0]
         endpoint = self._pick(client_ip, hash_key, attempt, now, avoid)
@@ -257,8 +258,7 @@ class Balancer:
     def all_ejected(self) -> bool:
         """Every endpoint is ejected (panic: picks then ignore health); False with none."""
         health = self.health
-        return bool(self._endpoints) and health is not None and all(
-            not health.usable(ep) for ep in self._endpoints)
+        return bool(self._endpoints) and all(not health.usable(ep) for ep in self._endpoints)
 
     def _pick(self, client_ip: str, hash_key: bytes | None, attempt: int, now: float,
               avoid: Collection[Endpoint] = ()) -> Endpoint:
@@ -266,12 +266,6 @@ class Balancer:
         if avoid:
             # The ring's next distinct endpoint is the first one not tried.
             attempt = 0
-        if health is None:
-            if avoid:
-                with contextlib.suppress(NoEndpointsError):
-                    return self._pick_in(0, client_ip, hash_key, attempt,
-                                         lambda ep: ep not in avoid)
-            return self._pick_in(0, client_ip, hash_key, attempt, None)
         fine, usable = health.fine, health.usable
         if self._rings is not None and (hash_key is not None or self.policy.kind is
                                         LoadBalancerKind.CONSISTENT_HASH_SOURCE_IP):

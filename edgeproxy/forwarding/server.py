@@ -261,12 +261,12 @@ class ProxyServer:
         if key.protocol is Protocol.TCP:
             service = TcpService(str(key), Balancer(health=health), stats, self.pipes,
                                  self.max_connections, self.tcp_idle_timeout,
-                                 budget=self.budget, health=health,
+                                 budget=self.budget,
                                  **({"dial_timeouts": self.dial_timeouts}
                                     if self.dial_timeouts else {}))
         else:
             service = UdpService(str(key), Balancer(health=health), stats, self.udp_timeout,
-                                 self.max_udp_sessions, budget=self.budget, health=health)
+                                 self.max_udp_sessions, budget=self.budget)
         self._apply_selection(key, service, sp)
         try:
             port, bound = self._allocate_bound(str(key), key.protocol, sp)

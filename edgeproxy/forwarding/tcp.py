@@ -36,7 +36,6 @@ from gevent.socket import wait_read
 
 from edgeproxy.forwarding.balancer import Balancer, NoEndpointsError
 from edgeproxy.forwarding.budget import SocketBudget
-from edgeproxy.forwarding.health import EndpointHealth
 from edgeproxy.forwarding.listeners import Listeners
 from edgeproxy.forwarding.splice import SPLICE_FLAGS, PipePool
 from edgeproxy.forwarding.stats import ServiceStats
@@ -512,14 +511,14 @@ class TcpService:
     def __init__(self, name: str, balancer: Balancer, stats: ServiceStats, pipes: PipePool,
                  max_connections: int = 10000, idle_timeout: float | None = None,
                  dial_timeouts: tuple[float, ...] = DIAL_TIMEOUTS,
-                 budget: SocketBudget | None = None,
-                 health: EndpointHealth | None = None) -> None:
+                 budget: SocketBudget | None = None) -> None:
         self.name = name
         # Each connection holds two descriptors (client, upstream) of the process-wide budget.
         self.budget = budget or SocketBudget(1 << 30)
         self.balancer = balancer
-        # What every dial reports to; the balancers read it (one per port, both listeners).
-        self.health = health or balancer.health or EndpointHealth()
+        # What every dial reports to: the balancer's tracker, which the second listener's
+        # balancer shares (one per port).
+        self.health = balancer.health
         self.second_balancer: Balancer | None = None  # for the second listener's sockets
         self.stats = stats
         self.pipes = pipes

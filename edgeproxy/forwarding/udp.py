@@ -31,7 +31,7 @@ import gevent
 
 from edgeproxy.forwarding.balancer import Balancer, NoEndpointsError
 from edgeproxy.forwarding.budget import SocketBudget
-from edgeproxy.forwarding.health import EndpointHealth, error_text
+from edgeproxy.forwarding.health import error_text
 from edgeproxy.forwarding.listeners import Listeners
 from edgeproxy.forwarding.stats import ServiceStats
 from edgeproxy.model import DEFAULT_UDP_TIMEOUT_SECONDS, Endpoint
@@ -77,15 +77,14 @@ class UdpService:
 
     def __init__(self, name: str, balancer: Balancer, stats: ServiceStats,
                  timeout: float = DEFAULT_UDP_TIMEOUT_SECONDS, max_sessions: int = 10000,
-                 budget: SocketBudget | None = None,
-                 health: EndpointHealth | None = None) -> None:
+                 budget: SocketBudget | None = None) -> None:
         self.name = name
         # Every session socket counts against the process-wide descriptor budget, which may
         # evict this service's idlest session to make room for another service's client.
         self.budget = budget or SocketBudget(1 << 30)
         self.balancer = balancer
-        # ICMP errors on session sockets count against the endpoint, replies for it.
-        self.health = health or balancer.health or EndpointHealth(probes=False)
+        # ICMP errors on session sockets count against the endpoint (the balancer's tracker).
+        self.health = balancer.health
         self.second_balancer: Balancer | None = None  # for the second listener's sockets
         self.stats = stats
         self.timeout = timeout
