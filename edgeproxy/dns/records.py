@@ -43,7 +43,7 @@ from typing import Iterable, Mapping, NamedTuple
 from edgeproxy.model import KubeObject
 
 from edgeproxy.state.builder import group_objects
-from edgeproxy.state.filtering import service_vips
+from edgeproxy.state.filtering import is_headless, service_vips
 
 SCHEMA_VERSION = "1.1.0"  # kubernetes/dns docs/specification.md
 VERSION_TTL = 28800  # the specification's example and CoreDNS's
@@ -127,6 +127,12 @@ class _Port(NamedTuple):
     number: int
 
 
+def _ports(entries: Iterable[dict] | None) -> list[_Port]:
+    """The numbered entries of a Service's, slice's or subset's ``ports`` (API defaults)."""
+    return [_Port(p.get("name") or "", p.get("protocol") or "TCP", int(p["port"]))
+            for p in entries or [] if p.get("port")]
+
+
 def _publish_not_ready(svc: KubeObject) -> bool:
     spec = svc.body.get("spec") or {}
     annotations = (svc.body.get("metadata") or {}).get("annotations") or {}
@@ -142,10 +148,7 @@ def _from_slices(slices: Iterable[KubeObject], all_endpoints: bool
         body = s.body
         if body.get("addressType") == "FQDN":
             continue
-        for port in body.get("ports") or []:
-            if port.get("port"):
-                ports.append(_Port(port.get("name") or "", port.get("protocol") or "TCP",
-                                   int(port["port"])))
+        ports += _ports(body.get("ports"))
         for ep in body.get("endpoints") or []:
             if not all_endpoints and (ep.get("conditions") or {}).get("ready") is False:
                 continue
@@ -168,10 +171,7 @@ def _from_endpoints(obj: KubeObject, all_endpoints: bool
             ip = _canonical(address.get("ip"))
             if ip is not None:
                 endpoints.append(_Endpoint(ip, endpoint_label(ip, address.get("hostname"))))
-        for port in subset.get("ports") or []:
-            if port.get("port"):
-                ports.append(_Port(port.get("name") or "", port.get("protocol") or "TCP",
-                                   int(port["port"])))
+        ports += _ports(subset.get("ports"))
     return endpoints, ports
 
 
@@ -228,7 +228,7 @@ def service_records(svc: KubeObject, slices: tuple[KubeObject, ...],
         records.append((host, AAAA if ":" in ep.ip else A, ep.ip))
         endpoint_ptrs.append((ipaddress.ip_address(ep.ip).reverse_pointer, host))
     vips = service_vips(spec)
-    if vips and vips[0] == "None":  # headless: the name is its ready endpoints
+    if is_headless(spec, vips):  # the name is its ready endpoints
         if not unique:
             return _Result((), (), (), ())  # NXDOMAIN (specification 2.4.1)
         for ip in sorted({ep.ip for ep in unique}):
@@ -251,9 +251,7 @@ def service_records(svc: KubeObject, slices: tuple[KubeObject, ...],
         records.append((base, AAAA if ":" in ip else A, ip))
         cluster_ptrs.append((ipaddress.ip_address(ip).reverse_pointer, base))
     if ips:
-        service_ports = sorted({_Port(p.get("name") or "", p.get("protocol") or "TCP",
-                                      int(p["port"]))
-                                for p in spec.get("ports") or [] if p.get("port")})
+        service_ports = sorted(set(_ports(spec.get("ports"))))
         for port in service_ports:
             records.append((base, SRV, (0, _srv_weight(len(service_ports)), port.number, base)))
             srv_name = _srv_name(port, base)

@@ -23,6 +23,13 @@ def label_skips(labels: Mapping | None, mode: FilterMode) -> bool:
     return not present
 
 
+def is_headless(spec: Mapping, vips: list[str] | None = None) -> bool:
+    """clusterIP None: a Service the cluster gives no virtual IP (its name is its endpoints).
+    ``vips``: `service_vips(spec)` where the caller has it already."""
+    vips = service_vips(spec) if vips is None else vips
+    return spec.get("clusterIP") == "None" or bool(vips and vips[0] == "None")
+
+
 def service_vips(spec: Mapping) -> list[str]:
     """``clusterIPs``, or ``[clusterIP]`` when clusterIPs is absent ([] when neither is set)."""
     cluster_ips = spec.get("clusterIPs")
@@ -50,7 +57,7 @@ def skip_reasons(body: Mapping, mode: FilterMode) -> list[SkipReason]:
     if spec.get("type") == "ExternalName":
         reasons.append(SkipReason.EXTERNALNAME)
     vips = service_vips(spec)
-    if spec.get("clusterIP") == "None" or (vips and vips[0] == "None"):
+    if is_headless(spec, vips):
         reasons.append(SkipReason.HEADLESS)
     elif not vips:
         reasons.append(SkipReason.NO_CLUSTER_IP)
