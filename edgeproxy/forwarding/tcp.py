@@ -36,7 +36,7 @@ from gevent.socket import wait_read
 
 from edgeproxy.forwarding.balancer import Balancer, NoEndpointsError
 from edgeproxy.forwarding.budget import SocketBudget
-from edgeproxy.forwarding.listeners import Listeners
+from edgeproxy.forwarding.service import PortService
 from edgeproxy.forwarding.splice import SPLICE_FLAGS, PipePool
 from edgeproxy.forwarding.stats import ServiceStats
 
@@ -505,28 +505,19 @@ class Dialer:
         self.service._dialed(self.client, sock)
 
 
-class TcpService:
-    """Listeners and connections of one TCP service port."""
+class TcpService(PortService):
+    """Listeners and connections of one TCP service port. Each connection holds two
+    descriptors (client, upstream) of the process-wide budget."""
 
     def __init__(self, name: str, balancer: Balancer, stats: ServiceStats, pipes: PipePool,
                  max_connections: int = 10000, idle_timeout: float | None = None,
                  dial_timeouts: tuple[float, ...] = DIAL_TIMEOUTS,
                  budget: SocketBudget | None = None) -> None:
-        self.name = name
-        # Each connection holds two descriptors (client, upstream) of the process-wide budget.
-        self.budget = budget or SocketBudget(1 << 30)
-        self.balancer = balancer
-        # What every dial reports to: the balancer's tracker, which the second listener's
-        # balancer shares (one per port).
-        self.health = balancer.health
-        self.second_balancer: Balancer | None = None  # for the second listener's sockets
-        self.stats = stats
+        super().__init__(name, balancer, stats, budget, self._on_accept)
         self.pipes = pipes
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.dial_timeouts = dial_timeouts
-        self.loop = gevent.get_hub().loop
-        self.listeners = Listeners(self.loop, self._on_accept)
         self.connections: set[Connection] = set()
         self.pending = 0  # connections accepted, still dialing
         self._paused = False

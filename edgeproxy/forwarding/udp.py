@@ -27,12 +27,11 @@ import logging
 import time
 from collections import OrderedDict
 
-import gevent
 
 from edgeproxy.forwarding.balancer import Balancer, NoEndpointsError
 from edgeproxy.forwarding.budget import SocketBudget
 from edgeproxy.forwarding.health import error_text
-from edgeproxy.forwarding.listeners import Listeners
+from edgeproxy.forwarding.service import PortService
 from edgeproxy.forwarding.stats import ServiceStats
 from edgeproxy.model import DEFAULT_UDP_TIMEOUT_SECONDS, Endpoint
 
@@ -72,25 +71,18 @@ class Session:
         self.sock.close()
 
 
-class UdpService:
-    """Listeners and sessions of one UDP service port."""
+class UdpService(PortService):
+    """Listeners and sessions of one UDP service port. Every session socket counts against
+    the process-wide descriptor budget, which may evict this service's idlest session to make
+    room for another service's client; ICMP errors on session sockets count against the
+    endpoint."""
 
     def __init__(self, name: str, balancer: Balancer, stats: ServiceStats,
                  timeout: float = DEFAULT_UDP_TIMEOUT_SECONDS, max_sessions: int = 10000,
                  budget: SocketBudget | None = None) -> None:
-        self.name = name
-        # Every session socket counts against the process-wide descriptor budget, which may
-        # evict this service's idlest session to make room for another service's client.
-        self.budget = budget or SocketBudget(1 << 30)
-        self.balancer = balancer
-        # ICMP errors on session sockets count against the endpoint (the balancer's tracker).
-        self.health = balancer.health
-        self.second_balancer: Balancer | None = None  # for the second listener's sockets
-        self.stats = stats
+        super().__init__(name, balancer, stats, budget, self._on_datagram)
         self.timeout = timeout
         self.max_sessions = max_sessions
-        self.loop = gevent.get_hub().loop
-        self.listeners = Listeners(self.loop, self._on_datagram)
         # Least recently active first: every datagram moves its session to the end.
         self.sessions: OrderedDict[tuple, Session] = OrderedDict()
         self._buf = bytearray(MAX_DATAGRAM)
